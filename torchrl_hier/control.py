@@ -1,0 +1,239 @@
+"""Return-control rules: when a level hands control back to the level above.
+
+A rule is called once per env step, batched over env instances, on the :class:`LevelStep` of a
+level; it returns a boolean tensor of the env batch shape. It is only consulted for instances
+where the level has just completed a transition (the passes mask the rest), and an episode end
+always hands control up, whatever the rule says. Rules compose with ``|`` and ``&``::
+
+    rule = GoalReached(tolerance=0.5) | Timeout(10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import Tensor
+
+__all__ = [
+    "LevelStep",
+    "ReturnControlRule",
+    "Timeout",
+    "Never",
+    "Always",
+    "GoalReached",
+    "ModuleRule",
+    "AnyOf",
+    "AllOf",
+]
+
+
+@dataclass
+class LevelStep:
+    """What one level's reward and return-control rules see after an env step, batched.
+
+    ``observation`` is the level's (mapped) observation when it chose its running action,
+    ``next_observation`` its mapped observation after the step, ``parent_action`` the action
+    of the level above (``None`` for the top level), ``count`` the number of transitions the
+    level completed since it took control (this step's included; env steps for the lowest
+    level), ``steps`` the env steps in the running transition, ``root``/``next`` the env
+    TensorDicts at t and t+1.
+    """
+
+    index: int
+    name: str
+    observation: Tensor
+    action: Tensor
+    parent_action: Tensor | None
+    next_observation: Tensor
+    env_reward: Tensor
+    steps: Tensor
+    root: TensorDictBase
+    next: TensorDictBase
+    count: Tensor | None = None
+
+    def tensordict(self) -> TensorDict:
+        """The step as a level-keyed TensorDict, for module-based rules."""
+        data = {
+            "observation": self.observation,
+            "action": self.action,
+            "next": {"observation": self.next_observation},
+        }
+        if self.parent_action is not None:
+            data["parent_action"] = self.parent_action
+            data["next"]["parent_action"] = self.parent_action
+        return TensorDict(data, batch_size=self.env_reward.shape)
+
+
+class ReturnControlRule:
+    """Base class: subclasses implement :meth:`__call__`. ``|`` and ``&`` compose rules."""
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        raise NotImplementedError
+
+    def __or__(self, other: ReturnControlRule) -> ReturnControlRule:
+        return AnyOf((self, _check_rule(other)))
+
+    def __and__(self, other: ReturnControlRule) -> ReturnControlRule:
+        return AllOf((self, _check_rule(other)))
+
+
+def _check_rule(rule: object) -> ReturnControlRule:
+    if not isinstance(rule, ReturnControlRule):
+        raise TypeError(
+            f"Return-control rules compose only with other rules, got {type(rule).__name__}. "
+            "Wrap a callable in ModuleRule or subclass ReturnControlRule."
+        )
+    return rule
+
+
+@dataclass(frozen=True)
+class AnyOf(ReturnControlRule):
+    """Hands control back when any of its rules does."""
+
+    rules: tuple[ReturnControlRule, ...]
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        out = self.rules[0](step)
+        for rule in self.rules[1:]:
+            out = out | rule(step)
+        return out
+
+
+@dataclass(frozen=True)
+class AllOf(ReturnControlRule):
+    """Hands control back when all of its rules do."""
+
+    rules: tuple[ReturnControlRule, ...]
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        out = self.rules[0](step)
+        for rule in self.rules[1:]:
+            out = out & rule(step)
+        return out
+
+
+@dataclass(frozen=True)
+class Timeout(ReturnControlRule):
+    """Hands control back after ``steps`` completed transitions of the level since it took
+    control (env steps for the lowest level), as HAC's horizon H does."""
+
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"Timeout(steps) needs a positive int, got {self.steps!r}.")
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        return step.count >= self.steps
+
+
+@dataclass(frozen=True)
+class Never(ReturnControlRule):
+    """Keeps control until the episode ends."""
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        return torch.zeros_like(step.steps, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class Always(ReturnControlRule):
+    """Hands control back after every completed transition."""
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        return torch.ones_like(step.steps, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class GoalReached(ReturnControlRule):
+    """Hands control back when the achieved goal is within ``tolerance`` of the commanded one.
+
+    Args:
+        tolerance: positive distance under which the goal counts as reached.
+        achieved: where the achieved goal is read: a key of the env's next TensorDict, a callable
+            ``LevelStep -> Tensor``, or ``None`` for the level's mapped next observation.
+        goal: where the commanded goal is read: a key of the env's root TensorDict, a callable,
+            or ``None`` for the parent level's action (the usual subgoal set-up).
+        norm: the ``ord`` of :func:`torch.linalg.vector_norm` (2, or ``float("inf")``).
+    """
+
+    tolerance: float
+    achieved: NestedKey | Callable[[LevelStep], Tensor] | None = None
+    goal: NestedKey | Callable[[LevelStep], Tensor] | None = None
+    norm: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.tolerance > 0:
+            raise ValueError(f"GoalReached needs a positive tolerance, got {self.tolerance!r}.")
+
+    def achieved_goal(self, step: LevelStep) -> Tensor:
+        return _read(self.achieved, step, step.next, step.next_observation, "achieved")
+
+    def commanded_goal(self, step: LevelStep) -> Tensor:
+        return _read(self.goal, step, step.root, step.parent_action, "goal")
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        achieved = self.achieved_goal(step)
+        goal = self.commanded_goal(step)
+        if achieved.shape != goal.shape:
+            raise ValueError(
+                f"GoalReached on level {step.name!r}: achieved goal has shape "
+                f"{tuple(achieved.shape)} but commanded goal has shape {tuple(goal.shape)}; "
+                "pass achieved=/goal= that pick matching components."
+            )
+        distance = torch.linalg.vector_norm((achieved - goal).float(), ord=self.norm, dim=-1)
+        return distance <= self.tolerance
+
+
+def _read(
+    source: NestedKey | Callable[[LevelStep], Tensor] | None,
+    step: LevelStep,
+    td: TensorDictBase,
+    default: Tensor | None,
+    what: str,
+) -> Tensor:
+    if source is None:
+        if default is None:
+            raise ValueError(
+                f"GoalReached on level {step.name!r}: there is no parent action to use as the "
+                f"{what}; pass {what}=<key or callable>."
+            )
+        return default
+    if callable(source):
+        return source(step)
+    value = td.get(source, None)
+    if value is None:
+        raise KeyError(
+            f"GoalReached on level {step.name!r}: key {source!r} for the {what} goal is not in "
+            f"the env TensorDict (keys: {sorted(map(str, td.keys(True, True)))})."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ModuleRule(ReturnControlRule):
+    """A rule computed by a module, e.g. a learned termination head.
+
+    The module reads the level's :meth:`LevelStep.tensordict` (``observation``, ``action``,
+    ``parent_action``, ``("next", "observation")``) and writes a boolean (or 0/1) entry
+    ``out_key``. A callable ``LevelStep -> Tensor`` is accepted too.
+    """
+
+    module: TensorDictModuleBase | Callable[[LevelStep], Tensor]
+    out_key: NestedKey = "terminate"
+
+    def __call__(self, step: LevelStep) -> Tensor:
+        if isinstance(self.module, TensorDictModuleBase):
+            out = self.module(step.tensordict())
+            if self.out_key not in out.keys(True):
+                raise KeyError(
+                    f"ModuleRule on level {step.name!r}: the module did not write {self.out_key!r}."
+                )
+            value = out.get(self.out_key)
+        else:
+            value = self.module(step)
+        return value.reshape(step.steps.shape).bool()

@@ -1,0 +1,337 @@
+"""Hierarchy: validates a stack of levels and builds its TorchRL policy and env transform."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.data import Binary, Composite, TensorSpec, Unbounded
+from torchrl.envs import EnvBase, Transform
+
+from torchrl_hier._passes import (
+    COMPLETED,
+    COUNT,
+    RETURN,
+    STATE,
+    STEPS,
+    EnvKeys,
+    backward_pass,
+    forward_pass,
+    level_input,
+    pending_action_key,
+    reset_state,
+    start_observation_key,
+)
+from torchrl_hier.level import ACTION, Level
+from torchrl_hier.transitions import level_transitions
+
+__all__ = ["Hierarchy", "HierarchyPolicy", "HierarchyTransform"]
+
+
+class HierarchyPolicy(TensorDictModuleBase):
+    """The forward pass as a TorchRL policy: reads the observation and hierarchy state, writes
+    the env action and the higher levels' pending actions."""
+
+    def __init__(self, levels: Sequence[Level], keys: EnvKeys):
+        super().__init__()
+        self.levels = list(levels)
+        self.keys = keys
+        self.level_policies = nn.ModuleList(level.policy for level in levels)
+        carried = [
+            key
+            for level in levels[:-1]
+            for key in (pending_action_key(level.name), start_observation_key(level.name))
+        ]
+        self.in_keys = [keys.observation, COMPLETED, *carried]
+        self.out_keys = [keys.action, *carried]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return forward_pass(tensordict, self.levels, self.keys)
+
+
+class HierarchyTransform(Transform):
+    """The backward pass as an env transform: after each env step it decides which levels
+    completed a transition, accumulates each level's discounted reward and τ, and carries the
+    hierarchy state (declared in the observation spec, initialised on reset)."""
+
+    def __init__(
+        self,
+        levels: Sequence[Level],
+        keys: EnvKeys,
+        level_specs: dict[str, tuple[TensorSpec, TensorSpec]],
+        reward_dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(in_keys=[], out_keys=[])
+        self.levels = list(levels)
+        self.keys = keys
+        self.level_specs = level_specs
+        self.reward_dtype = reward_dtype
+        self.register_buffer("gammas", torch.tensor([level.gamma for level in levels]))
+        self._initial_state: TensorDictBase | None = None
+
+    def state_spec(self, batch_size: torch.Size, device: torch.device | None) -> Composite:
+        """Spec of the ``"hier"`` entries for the given env batch shape."""
+        n = len(self.levels)
+        shape = (*batch_size, n)
+        per_level = {
+            name: Composite(
+                {
+                    ACTION: Unbounded((*batch_size, *action.shape), dtype=action.dtype),
+                    "observation": Unbounded((*batch_size, *obs.shape), dtype=obs.dtype),
+                },
+                shape=batch_size,
+            )
+            for name, (action, obs) in self.level_specs.items()
+        }
+        return Composite(
+            {
+                "completed": Binary(n, shape=shape, dtype=torch.bool),
+                "steps": Unbounded(shape, dtype=torch.int64),
+                "return": Unbounded(shape, dtype=self.reward_dtype),
+                "count": Unbounded(shape, dtype=torch.int64),
+                **per_level,
+            },
+            shape=batch_size,
+            device=device,
+        )
+
+    def initial_state(self, batch_size: torch.Size, device: torch.device | None) -> TensorDictBase:
+        cached = self._initial_state
+        if cached is None or cached.batch_size != batch_size or cached.device != device:
+            cached = self.state_spec(batch_size, device).zero()
+            cached.get("completed").fill_(True)
+            self._initial_state = cached
+        return cached.clone()
+
+    def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        observation_spec[STATE] = self.state_spec(
+            observation_spec.shape, observation_spec.device
+        )
+        return observation_spec
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
+        reset = None
+        if tensordict is not None:
+            reset_key = self.parent.reset_keys[0] if self.parent is not None else "_reset"
+            reset = tensordict.get(reset_key, None)
+        initial = self.initial_state(tensordict_reset.batch_size, tensordict_reset.device)
+        return reset_state(tensordict_reset, initial, tensordict, reset)
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase):
+        return backward_pass(tensordict, next_tensordict, self.levels, self.keys, self.gammas)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        raise RuntimeError(
+            "HierarchyTransform works inside an env (TransformedEnv(env, hierarchy.transform)); "
+            "it has no meaning on replay-buffer data. Use hierarchy.transitions(batch)."
+        )
+
+
+class Hierarchy:
+    """A stack of levels, highest first, over a TorchRL env.
+
+    Exposes :attr:`policy` (the forward pass, a ``TensorDictModule``), :attr:`transform`
+    (the backward pass, an env ``Transform``; a new one each access, since a transform
+    belongs to one env) and :meth:`transitions` (each level's SMDP transitions in a batch).
+
+    Args:
+        levels: the levels, highest first.
+        env: the env the hierarchy acts in (not yet transformed by it); used for its specs.
+        observation_key: the env observation every level's obs map reads.
+        device: where the level policies run; defaults to the env's device (or cpu).
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[Level],
+        env: EnvBase,
+        *,
+        observation_key="observation",
+        device: torch.device | str | None = None,
+    ):
+        levels = list(levels)
+        if not levels:
+            raise ValueError("A hierarchy needs at least one level; got an empty list.")
+        for level in levels:
+            if not isinstance(level, Level):
+                raise TypeError(f"Levels must be torchrl_hier.Level, got {type(level).__name__}.")
+        names = [level.name for level in levels]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"Level names must be unique; duplicated: {duplicates}.")
+        self.levels = levels
+        self.env = env
+        self.device = torch.device(device if device is not None else (env.device or "cpu"))
+        self.keys = EnvKeys(
+            observation=observation_key,
+            action=env.action_key,
+            reward=env.reward_key,
+            done=_done_key(env, "done"),
+            terminated=_done_key(env, "terminated"),
+            truncated=_done_key(env, "truncated"),
+        )
+        self._check_devices()
+        self.level_specs = self._check_levels()
+        self.policy = HierarchyPolicy(levels, self.keys)
+
+    @property
+    def transform(self) -> HierarchyTransform:
+        return HierarchyTransform(
+            self.levels,
+            self.keys,
+            self.level_specs,
+            reward_dtype=self.env.full_reward_spec[self.keys.reward].dtype,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [level.name for level in self.levels]
+
+    def transitions(self, batch: TensorDictBase) -> dict[str, TensorDict]:
+        """Each level's completed semi-MDP transitions in ``batch``, keyed by level name."""
+        return level_transitions(batch, self.levels, self.keys)
+
+    def _check_devices(self) -> None:
+        for level in self.levels:
+            for param in level.policy.parameters():
+                if param.device != self.device:
+                    raise ValueError(
+                        f"Level {level.name!r}: its policy has parameters on {param.device} but "
+                        f"the hierarchy runs on {self.device}. Move it with "
+                        f"level.policy.to({str(self.device)!r}) or pass device={str(param.device)!r}."
+                    )
+                break
+
+    def _check_levels(self) -> dict[str, tuple[TensorSpec, TensorSpec]]:
+        """Dry-runs every level on spec-shaped data; returns (action spec, observation spec)
+        of each level above the lowest, for the transform's state spec."""
+        env = self.env
+        obs_spec = env.observation_spec.get(self.keys.observation, None)
+        if obs_spec is None:
+            raise KeyError(
+                f"The env has no observation {self.keys.observation!r} (it has "
+                f"{list(env.observation_spec.keys(True, True))}); pass observation_key=."
+            )
+        batch_size = env.batch_size
+        env_action_spec = env.full_action_spec[self.keys.action]
+        obs = obs_spec.zero().to(self.device)
+        parent_action, parent = None, None
+        level_specs = {}
+        lowest = len(self.levels) - 1
+        for i, level in enumerate(self.levels):
+            level_obs = _mapped_observation(level, obs, obs_spec, batch_size)
+            if i == lowest:
+                action_spec = env_action_spec
+                if level.action_spec is not None and not _same_shape_dtype(
+                    level.action_spec, env_action_spec, batch_size
+                ):
+                    raise ValueError(
+                        f"Level {level.name!r} is the lowest level, so it emits the env action, "
+                        f"but its action_spec {_describe(level.action_spec)} differs from the env's "
+                        f"{_describe(env_action_spec)}. Leave action_spec=None to use the env's."
+                    )
+            elif level.action_spec is None:
+                raise ValueError(
+                    f"Level {level.name!r} is above the lowest level, so it needs an action_spec "
+                    "(the spec of the abstract action it hands to the level below)."
+                )
+            else:
+                action_spec = level.action_spec
+            try:
+                with torch.no_grad():
+                    out = level.policy(level_input(level_obs, parent_action, batch_size))
+            except Exception as err:
+                where = (
+                    f" with the action of level {parent.name!r} ({_describe(parent.action_spec)}) "
+                    "as its 'parent_action'"
+                    if parent is not None
+                    else ""
+                )
+                raise ValueError(
+                    f"Level {level.name!r}: its policy failed on its observation of shape "
+                    f"{tuple(level_obs.shape)}{where}: {err}. Make the spec of the level above "
+                    "match what this policy reads, or fix this policy's in_keys/input size."
+                ) from err
+            action = out.get(ACTION, None)
+            if action is None:
+                raise KeyError(
+                    f"Level {level.name!r}: its policy did not write {ACTION!r} (it wrote "
+                    f"{sorted(map(str, out.keys(True, True)))}). Set its out_keys to write "
+                    f"{ACTION!r}."
+                )
+            expected = action_spec.zero(batch_size) if i < lowest else action_spec.zero()
+            if action.shape != expected.shape or action.dtype != expected.dtype:
+                raise ValueError(
+                    f"Level {level.name!r}: its policy wrote an action of shape "
+                    f"{tuple(action.shape)} and dtype {action.dtype}, but its action spec "
+                    f"({_describe(action_spec)}) gives shape {tuple(expected.shape)} and dtype "
+                    f"{expected.dtype}."
+                )
+            if i < lowest:
+                level_specs[level.name] = (
+                    Unbounded(action.shape[len(batch_size):], dtype=action.dtype),
+                    Unbounded(level_obs.shape[len(batch_size):], dtype=level_obs.dtype),
+                )
+            parent_action, parent = action, level
+        return level_specs
+
+
+def _done_key(env: EnvBase, name: str):
+    for key in env.done_keys:
+        if (key if isinstance(key, str) else key[-1]) == name:
+            return key
+    return name
+
+
+def _same_shape_dtype(spec: TensorSpec, env_spec: TensorSpec, batch_size: torch.Size) -> bool:
+    return tuple(spec.shape) == tuple(env_spec.shape[len(batch_size):]) and (
+        spec.dtype == env_spec.dtype
+    )
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"{type(spec).__name__}(shape={tuple(spec.shape)}, dtype={spec.dtype})"
+
+
+def _mapped_observation(level: Level, obs, obs_spec: TensorSpec, batch_size: torch.Size):
+    """Applies the level's obs map and checks the result against its declared shape."""
+    try:
+        level_obs = level.map_observation(obs)
+    except Exception as err:
+        raise ValueError(
+            f"Level {level.name!r}: its obs_map failed on an env observation of shape "
+            f"{tuple(obs.shape)}: {err}"
+        ) from err
+    env_shape = tuple(obs_spec.shape[len(batch_size):])
+    declared = level.obs_shape
+    if declared is None:
+        if level.obs_map is None:
+            return level_obs
+        expected = None
+    elif isinstance(declared, int) and declared < 0:
+        if not env_shape:
+            raise ValueError(
+                f"Level {level.name!r}: obs_shape={declared} removes entries from the last dim, "
+                "but the env observation is a scalar."
+            )
+        expected = (*env_shape[:-1], env_shape[-1] + declared)
+    elif isinstance(declared, int):
+        expected = (declared,)
+    else:
+        expected = tuple(declared)
+    got = tuple(level_obs.shape[len(batch_size):])
+    if tuple(level_obs.shape[: len(batch_size)]) != tuple(batch_size):
+        raise ValueError(
+            f"Level {level.name!r}: its obs_map changed the batch dims: env observation of shape "
+            f"{tuple(obs.shape)} became {tuple(level_obs.shape)}. Maps must act on trailing dims "
+            "(e.g. obs[..., 2:])."
+        )
+    if expected is not None and got != expected:
+        raise ValueError(
+            f"Level {level.name!r}: its obs_map outputs per-instance shape {got}, but "
+            f"obs_shape={declared!r} declares {expected}. Fix the map or the declared shape."
+        )
+    return level_obs
