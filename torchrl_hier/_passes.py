@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor
@@ -68,19 +70,36 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
 
 
-def _missing_state_error(key: NestedKey) -> KeyError:
-    return KeyError(
-        f"The hierarchy state {key!r} is not in the TensorDict. Run the policy in an env that "
-        "carries it: TransformedEnv(env, hierarchy.transform)."
-    )
-
-
-def level_input(level_obs: Tensor, parent_action: Tensor | None, batch_size) -> TensorDict:
+def level_input(
+    level_obs: Tensor, parent_action: Tensor | None, batch_size, device=None
+) -> TensorDict:
     """The TensorDict a level's policy reads."""
     data = {OBSERVATION: level_obs}
     if parent_action is not None:
         data[PARENT_ACTION] = parent_action
-    return TensorDict(data, batch_size=batch_size)
+    return TensorDict(data, batch_size=batch_size, device=device)
+
+
+def _act(level: Level, level_obs: Tensor, parent_action: Tensor | None, td: TensorDictBase) -> Tensor:
+    out = level.policy(level_input(level_obs, parent_action, td.batch_size, td.device))
+    action = out.get(ACTION, None)
+    if action is None:
+        raise KeyError(
+            f"Level {level.name!r}: its policy did not write {ACTION!r} (it wrote "
+            f"{sorted(map(str, out.keys(True, True)))}). Set the policy's out_keys so that "
+            f"it writes {ACTION!r}."
+        )
+    return action
+
+
+def _state(td: TensorDictBase) -> TensorDictBase:
+    state = td.get(STATE, None)
+    if state is None:
+        raise KeyError(
+            f"The hierarchy state {STATE!r} is not in the TensorDict. Run the policy in an env "
+            "that carries it: TransformedEnv(env, hierarchy.transform)."
+        )
+    return state
 
 
 def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> TensorDictBase:
@@ -88,31 +107,22 @@ def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> 
 
     Writes the env action and the pending actions / start observations of the higher levels.
     """
-    completed = td.get(COMPLETED, None)
-    if completed is None:
-        raise _missing_state_error(COMPLETED)
+    # A shallow copy: the nested state may be shared with the previous step's "next" entry.
+    state = _state(td).copy()
+    completed = state.get("completed")
     obs = td.get(keys.observation)
-    lowest = len(levels) - 1
     parent_action = None
-    for i, level in enumerate(levels):
+    for i, level in enumerate(levels[:-1]):
         level_obs = level.map_observation(obs)
-        out = level.policy(level_input(level_obs, parent_action, td.batch_size))
-        new_action = out.get(ACTION, None)
-        if new_action is None:
-            raise KeyError(
-                f"Level {level.name!r}: its policy did not write {ACTION!r} (it wrote "
-                f"{sorted(map(str, out.keys(True, True)))}). Set the policy's out_keys so that "
-                f"it writes {ACTION!r}."
-            )
-        if i == lowest:
-            td.set(keys.action, new_action)
-            break
+        new_action = _act(level, level_obs, parent_action, td)
         choose = completed[..., i]
-        action = _where(choose, new_action, td.get(pending_action_key(level.name)))
-        start_key = start_observation_key(level.name)
-        td.set(pending_action_key(level.name), action)
-        td.set(start_key, _where(choose, level_obs, td.get(start_key)))
-        parent_action = action
+        carried = state.get(level.name)
+        parent_action = _where(choose, new_action, carried.get(ACTION))
+        carried.set(ACTION, parent_action)
+        carried.set(OBSERVATION, _where(choose, level_obs, carried.get(OBSERVATION)))
+    lowest = levels[-1]
+    td.set(keys.action, _act(lowest, lowest.map_observation(obs), parent_action, td))
+    td.set(STATE, state)
     return td
 
 
@@ -120,33 +130,37 @@ def level_steps(
     td: TensorDictBase, next_td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys
 ) -> list[LevelStep]:
     """One :class:`LevelStep` per level: what its reward and control rules see."""
-    obs = td.get(keys.observation)
-    next_obs = next_td.get(keys.observation)
+    state = _state(td)
     env_reward = next_td.get(keys.reward).reshape(td.batch_size)
-    steps = td.get(STEPS)
+    steps = state.get("steps")
     lowest = len(levels) - 1
-    out = []
+    out: list[LevelStep] = []
     for i, level in enumerate(levels):
         if i == lowest:
-            observation, action = level.map_observation(obs), td.get(keys.action)
+            read_obs = partial(_mapped, level, td, keys.observation)
+            read_action = partial(td.get, keys.action)
         else:
-            observation = td.get(start_observation_key(level.name))
-            action = td.get(pending_action_key(level.name))
+            read_obs = partial(state.get, (level.name, OBSERVATION))
+            read_action = partial(state.get, (level.name, ACTION))
         out.append(
             LevelStep(
                 index=i,
                 name=level.name,
-                observation=observation,
-                action=action,
-                parent_action=out[i - 1].action if i else None,
-                next_observation=level.map_observation(next_obs),
-                env_reward=env_reward,
-                steps=steps[..., i],
                 root=td,
                 next=next_td,
+                read_observation=read_obs,
+                read_next_observation=partial(_mapped, level, next_td, keys.observation),
+                read_action=read_action,
+                parent=out[i - 1] if i else None,
+                env_reward=env_reward,
+                steps=steps[..., i],
             )
         )
     return out
+
+
+def _mapped(level: Level, td: TensorDictBase, key: NestedKey) -> Tensor:
+    return level.map_observation(td.get(key))
 
 
 def backward_pass(
@@ -160,44 +174,54 @@ def backward_pass(
 
     ``gammas`` holds each level's discount, shape ``[n]``, on the env's device.
     """
-    prev_completed = td.get(COMPLETED, None)
-    if prev_completed is None:
-        raise _missing_state_error(COMPLETED)
-    n = len(levels)
-    steps = torch.where(prev_completed, 0, td.get(STEPS)) + 1
-    # A level takes control when its parent chooses, i.e. when the parent completed last step.
-    took_control = torch.cat(
-        [torch.zeros_like(prev_completed[..., :1]), prev_completed[..., :-1]], dim=-1
-    )
-    count = torch.where(took_control, 0, td.get(COUNT))
+    state = _state(td)
+    prev_completed = state.get("completed")
+    steps = state.get("steps").masked_fill(prev_completed, 0) + 1
     done = next_td.get(keys.done).reshape(td.batch_size)
 
-    steps_info = level_steps(td, next_td, levels, keys)
-    rewards = torch.stack(
-        [
-            step.env_reward if level.reward is None else level.reward(step).reshape(done.shape)
-            for level, step in zip(levels, steps_info)
-        ],
-        dim=-1,
-    )
-    ret = torch.where(prev_completed, 0, td.get(RETURN)) + gammas ** (steps - 1) * rewards
+    infos = level_steps(td, next_td, levels, keys)
+    if all(level.reward is None for level in levels):
+        rewards = infos[0].env_reward.unsqueeze(-1)
+    else:
+        rewards = torch.stack(
+            [
+                info.env_reward if level.reward is None else level.reward(info).reshape(done.shape)
+                for level, info in zip(levels, infos)
+            ],
+            dim=-1,
+        )
+    previous_return = state.get("return")
+    returns = torch.addcmul(
+        previous_return.masked_fill(prev_completed, 0), gammas.pow(steps - 1), rewards
+    ).to(previous_return.dtype)
 
+    # A level takes control when its parent chooses, i.e. when the parent completed last step.
+    took_control = F.pad(prev_completed[..., :-1], (1, 0))
+    count = state.get("count").masked_fill(took_control, 0)
+    n = len(levels)
     completed = [done] * n
     completed[-1] = torch.ones_like(done)
     for i in range(n - 1, 0, -1):
-        step = steps_info[i]
-        step.count = count[..., i] + completed[i]
-        hands_back = completed[i] & levels[i].control(step)
-        completed[i - 1] = hands_back | done
+        info = infos[i]
+        info.count = count[..., i] + completed[i]
+        completed[i - 1] = (completed[i] & levels[i].control(info)) | done
     completed = torch.stack(completed, dim=-1)
 
-    next_td.set(COMPLETED, completed)
-    next_td.set(STEPS, steps)
-    next_td.set(RETURN, ret.to(td.get(RETURN).dtype))
-    next_td.set(COUNT, count + completed)
-    for level in levels[:-1]:
-        for key in (pending_action_key(level.name), start_observation_key(level.name)):
-            next_td.set(key, td.get(key))
+    carried = {level.name: state.get(level.name) for level in levels[:-1]}
+    next_td.set(
+        STATE,
+        TensorDict(
+            {
+                "completed": completed,
+                "steps": steps,
+                "return": returns,
+                "count": count + completed,
+                **carried,
+            },
+            batch_size=next_td.batch_size,
+            device=next_td.device,
+        ),
+    )
     return next_td
 
 

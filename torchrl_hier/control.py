@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -32,29 +33,59 @@ __all__ = [
 ]
 
 
-@dataclass
 class LevelStep:
     """What one level's reward and return-control rules see after an env step, batched.
 
+    Entries are computed on first access, so a rule pays only for what it reads:
     ``observation`` is the level's (mapped) observation when it chose its running action,
-    ``next_observation`` its mapped observation after the step, ``parent_action`` the action
-    of the level above (``None`` for the top level), ``count`` the number of transitions the
-    level completed since it took control (this step's included; env steps for the lowest
-    level), ``steps`` the env steps in the running transition, ``root``/``next`` the env
+    ``next_observation`` its mapped observation after the step, ``action`` its running action,
+    ``parent_action`` the action of the level above (``None`` for the top level),
+    ``env_reward`` the env reward of the step, ``steps`` the env steps in the running
+    transition, ``count`` the transitions the level completed since it took control (this
+    step's included; env steps for the lowest level), and ``root``/``next`` the env
     TensorDicts at t and t+1.
     """
 
-    index: int
-    name: str
-    observation: Tensor
-    action: Tensor
-    parent_action: Tensor | None
-    next_observation: Tensor
-    env_reward: Tensor
-    steps: Tensor
-    root: TensorDictBase
-    next: TensorDictBase
-    count: Tensor | None = None
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        root: TensorDictBase,
+        next: TensorDictBase,
+        read_observation: Callable[[], Tensor],
+        read_next_observation: Callable[[], Tensor],
+        read_action: Callable[[], Tensor],
+        parent: LevelStep | None,
+        env_reward: Tensor,
+        steps: Tensor,
+    ):
+        self.index = index
+        self.name = name
+        self.root = root
+        self.next = next
+        self._read_observation = read_observation
+        self._read_next_observation = read_next_observation
+        self._read_action = read_action
+        self.parent = parent
+        self.env_reward = env_reward
+        self.steps = steps
+        self.count: Tensor | None = None
+
+    @cached_property
+    def observation(self) -> Tensor:
+        return self._read_observation()
+
+    @cached_property
+    def next_observation(self) -> Tensor:
+        return self._read_next_observation()
+
+    @cached_property
+    def action(self) -> Tensor:
+        return self._read_action()
+
+    @property
+    def parent_action(self) -> Tensor | None:
+        return None if self.parent is None else self.parent.action
 
     def tensordict(self) -> TensorDict:
         """The step as a level-keyed TensorDict, for module-based rules."""
@@ -63,7 +94,7 @@ class LevelStep:
             "action": self.action,
             "next": {"observation": self.next_observation},
         }
-        if self.parent_action is not None:
+        if self.parent is not None:
             data["parent_action"] = self.parent_action
             data["next"]["parent_action"] = self.parent_action
         return TensorDict(data, batch_size=self.env_reward.shape)

@@ -13,10 +13,7 @@ from torchrl.envs import EnvBase, Transform
 
 from torchrl_hier._passes import (
     COMPLETED,
-    COUNT,
-    RETURN,
     STATE,
-    STEPS,
     EnvKeys,
     backward_pass,
     forward_pass,
