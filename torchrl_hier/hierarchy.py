@@ -12,7 +12,6 @@ from torchrl.data import Binary, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase, Transform
 
 from torchrl_hier._passes import (
-    COMPLETED,
     STATE,
     EnvKeys,
     backward_pass,
@@ -42,7 +41,9 @@ class HierarchyPolicy(TensorDictModuleBase):
             for level in levels[:-1]
             for key in (pending_action_key(level.name), start_observation_key(level.name))
         ]
-        self.in_keys = [keys.observation, COMPLETED, *carried]
+        # The whole state goes in: the policy passes it through to the transform.
+        stats = [(STATE, name) for name in ("completed", "steps", "return", "count")]
+        self.in_keys = [keys.observation, *stats, *carried]
         self.out_keys = [keys.action, *carried]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
