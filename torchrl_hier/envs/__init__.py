@@ -1,5 +1,30 @@
-"""Batched pure-torch tasks (any device) for hierarchies."""
+"""Batched pure-torch tasks (any device) for hierarchies, and tasks by name.
 
-from torchrl_hier.envs.grid_maze import GridMaze, rooms_layout
+- :class:`GridMaze`: discrete maze (four rooms, larger room grids, text layouts).
+- :class:`PointMaze`: continuous point-mass maze, velocity or force control.
+- :func:`make_env` / :func:`register_env` / :func:`list_envs`: built-in tasks, your own and
+  gymnasium ids by name.
 
-__all__ = ["GridMaze", "rooms_layout"]
+Each built-in task has a goal in its observation, ``"achieved_goal"``/``"desired_goal"`` keys,
+an ``"is_success"`` entry, ``goal_reached``/``compute_reward`` for relabelling, and
+``render(index)`` returning an ``HxWx3`` uint8 frame.
+"""
+
+from torchrl_hier.envs.grid_maze import GridMaze
+from torchrl_hier.envs.layouts import LAYOUTS, Layout, parse_layout, path_distances, rooms_layout
+from torchrl_hier.envs.point_maze import PointMaze, wall_boxes
+from torchrl_hier.envs.registry import list_envs, make_env, register_env
+
+__all__ = [
+    "GridMaze",
+    "PointMaze",
+    "LAYOUTS",
+    "Layout",
+    "parse_layout",
+    "path_distances",
+    "rooms_layout",
+    "wall_boxes",
+    "make_env",
+    "register_env",
+    "list_envs",
+]

@@ -1,11 +1,17 @@
-"""A batched pure-torch grid maze (four rooms and larger room grids), sparse reward."""
+"""A batched pure-torch grid maze (four rooms, larger room grids, text layouts), sparse reward."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
+
+from torchrl_hier.envs import _render
+from torchrl_hier.envs.layouts import StartGoalSampler, parse_layout, rooms_layout, valid_pairs
 
 __all__ = ["GridMaze", "rooms_layout"]
 
@@ -13,67 +19,79 @@ __all__ = ["GridMaze", "rooms_layout"]
 MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])
 
 
-def rooms_layout(rooms: int = 2, room_size: int = 5) -> torch.Tensor:
-    """A ``rooms x rooms`` grid of square rooms joined by one door per inner wall.
-
-    Returns a bool tensor, True where there is a wall. ``rooms=2, room_size=5`` is the
-    classic four-rooms layout (13 x 13 with its outer wall).
-    """
-    if rooms < 1 or room_size < 1:
-        raise ValueError(f"rooms and room_size must be positive, got {rooms}, {room_size}.")
-    size = rooms * (room_size + 1) + 1
-    walls = torch.zeros(size, size, dtype=torch.bool)
-    walls[:: room_size + 1, :] = True
-    walls[:, :: room_size + 1] = True
-    door = room_size // 2 + 1
-    for k in range(1, rooms):
-        wall = k * (room_size + 1)
-        for r in range(rooms):
-            offset = r * (room_size + 1)
-            walls[wall, offset + door] = False
-            walls[offset + door, wall] = False
-    return walls
-
-
 class GridMaze(EnvBase):
     """Reach a goal cell in a maze; batched over instances, runs on any device.
 
     Observation ``"observation"``: ``(agent_row, agent_col, goal_row, goal_col)`` scaled to
-    [0, 1]. Action: one of 4 moves (``Categorical(4)``). Reward 1 on reaching the goal (which
-    terminates the episode) and 0 otherwise; episodes are truncated after ``max_steps``.
-    ``"is_success"`` tells whether the goal was reached. Start and goal cells are sampled at
-    least ``min_distance`` apart (Manhattan distance).
+    [0, 1] (divided by ``rows - 1`` and ``cols - 1``). With ``goal_keys=True`` (default) the
+    same is split into ``"achieved_goal"`` (agent cell) and ``"desired_goal"`` (goal cell), in the
+    same units, for goal-conditioned levels and hindsight relabelling
+    (:meth:`goal_reached` / :meth:`compute_reward` recompute success for any pair).
+    Action: one of 4 moves (up, down, left, right; ``Categorical(4)``); a move into a wall
+    leaves the agent in place. Reward 1 on reaching the goal (which terminates the episode) and
+    0 otherwise; episodes are truncated after ``max_steps``. ``"is_success"`` tells whether the
+    goal was reached.
+
+    The maze is ``rooms x rooms`` square rooms of side ``room_size`` (``rooms`` may also be
+    ``(rows, cols)``), or any ``layout`` (a name from :data:`~torchrl_hier.envs.LAYOUTS`, text
+    rows with ``#``/``.``/``S``/``G``, or a bool wall mask), which then overrides ``rooms``.
+    Start and goal cells are sampled at least ``min_distance`` apart, measured as Manhattan
+    distance (``distance="manhattan"``, default) or shortest-path length (``"path"``, which
+    also keeps start and goal connected).
+
+    State lives in buffers, so ``env.to(device)`` moves it. Seeded by a ``torch.Generator``
+    (``seed`` or :meth:`set_seed`); ``seed=None`` means seed 0. Partial resets through
+    ``"_reset"`` resample only the instances asked for.
     """
 
     def __init__(
         self,
-        batch_size: int | tuple[int, ...] = (1,),
-        rooms: int = 2,
+        batch_size: int | Sequence[int] = (1,),
+        rooms: int | tuple[int, int] = 2,
         room_size: int = 5,
         max_steps: int = 100,
         min_distance: int = 0,
         device: torch.device | str = "cpu",
         seed: int | None = None,
+        *,
+        layout: str | Sequence[str] | torch.Tensor | None = None,
+        distance: str = "manhattan",
+        goal_keys: bool = True,
     ):
         batch_size = torch.Size([batch_size] if isinstance(batch_size, int) else batch_size)
         super().__init__(batch_size=batch_size, device=device)
-        self.walls = rooms_layout(rooms, room_size).to(self.device)
-        self.size = self.walls.shape[0]
-        self.max_steps = max_steps
-        self.free_cells = (~self.walls).nonzero().to(self.device)
-        distances = (self.free_cells[:, None] - self.free_cells[None]).abs().sum(-1)
-        self.far_apart = distances >= min_distance
-        if not self.far_apart.any(-1).all():
-            raise ValueError(
-                f"min_distance={min_distance} leaves some goal cells without a start cell; "
-                f"the maze is {self.size}x{self.size}."
-            )
-        self.moves = MOVES.to(self.device)
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {max_steps}.")
+        parsed = parse_layout(rooms_layout(rooms, room_size) if layout is None else layout)
+        self.layout = parsed
+        self.max_steps = int(max_steps)
+        self.goal_keys = goal_keys
+        walls = parsed.walls.to(self.device)
+        free_cells = (~walls).nonzero()
+        self.register_buffer("walls", walls)
+        self.register_buffer("free_cells", free_cells)
+        self.sampler = StartGoalSampler(valid_pairs(parsed, free_cells, min_distance, distance))
+        self.register_buffer("moves", MOVES.to(self.device))
+        rows, cols = walls.shape
+        self.register_buffer(
+            "scale",
+            torch.tensor(
+                [max(rows - 1, 1), max(cols - 1, 1)], dtype=torch.float32, device=self.device
+            ),
+        )
+        self.size = max(rows, cols)
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(0 if seed is None else seed)
+
         shape = batch_size
+        obs = {
+            "observation": Bounded(0.0, 1.0, (*shape, 4), dtype=torch.float32, device=self.device)
+        }
+        if goal_keys:
+            goal = Bounded(0.0, 1.0, (*shape, 2), dtype=torch.float32, device=self.device)
+            obs.update(achieved_goal=goal, desired_goal=goal.clone())
         self.observation_spec = Composite(
-            observation=Bounded(0.0, 1.0, (*shape, 4), dtype=torch.float32, device=self.device),
+            **obs,
             is_success=Categorical(2, (*shape, 1), dtype=torch.bool, device=self.device),
             shape=shape,
         )
@@ -83,18 +101,41 @@ class GridMaze(EnvBase):
         self.full_done_spec = Composite(
             done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=shape
         )
-        self.position = torch.zeros(*shape, 2, dtype=torch.long, device=self.device)
-        self.goal = torch.zeros_like(self.position)
-        self.elapsed = torch.zeros(shape, dtype=torch.long, device=self.device)
+        self.register_buffer(
+            "position", torch.zeros(*shape, 2, dtype=torch.long, device=self.device)
+        )
+        self.register_buffer("goal", torch.zeros_like(self.position))
+        self.register_buffer("elapsed", torch.zeros(shape, dtype=torch.long, device=self.device))
 
-    def _observation(self) -> torch.Tensor:
-        return torch.cat([self.position, self.goal], -1).float() / (self.size - 1)
+    # ----------------------------------------------------------------------------- goals
+    @property
+    def goal_tolerance(self) -> torch.Tensor:
+        """Per-axis tolerance in observation units: a goal is reached iff every coordinate of
+        ``achieved - desired`` is below it (i.e. the same cell)."""
+        return 0.5 / self.scale
+
+    def goal_reached(self, achieved_goal: torch.Tensor, desired_goal: torch.Tensor) -> torch.Tensor:
+        """Bool ``[..., 1]``: is ``achieved_goal`` the ``desired_goal`` cell (any batch shape)?"""
+        close = (achieved_goal - desired_goal).abs() < self.goal_tolerance.to(achieved_goal.device)
+        return close.all(-1, keepdim=True)
+
+    def compute_reward(
+        self, achieved_goal: torch.Tensor, desired_goal: torch.Tensor
+    ) -> torch.Tensor:
+        """The env's sparse reward (float ``[..., 1]``) for any achieved/desired goal pair."""
+        return self.goal_reached(achieved_goal, desired_goal).float()
+
+    # ----------------------------------------------------------------------------- dynamics
+    def _observation(self) -> dict[str, torch.Tensor]:
+        achieved = self.position.float() / self.scale
+        desired = self.goal.float() / self.scale
+        out = {"observation": torch.cat([achieved, desired], -1)}
+        if self.goal_keys:
+            out.update(achieved_goal=achieved, desired_goal=desired)
+        return out
 
     def _sample_start_and_goal(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n_free = self.free_cells.shape[0]
-        flat = self.batch_size.numel()
-        goal = torch.randint(n_free, (flat,), generator=self.rng, device=self.device)
-        start = torch.multinomial(self.far_apart[goal].float(), 1, generator=self.rng)[:, 0]
+        start, goal = self.sampler(self.batch_size.numel(), self.rng)
         shape = (*self.batch_size, 2)
         return self.free_cells[start].reshape(shape), self.free_cells[goal].reshape(shape)
 
@@ -111,7 +152,7 @@ class GridMaze(EnvBase):
         done = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
         return TensorDict(
             {
-                "observation": self._observation(),
+                **self._observation(),
                 "is_success": done.clone(),
                 "done": done,
                 "terminated": done.clone(),
@@ -131,7 +172,7 @@ class GridMaze(EnvBase):
         truncated = (self.elapsed >= self.max_steps)[..., None] & ~success
         return TensorDict(
             {
-                "observation": self._observation(),
+                **self._observation(),
                 "is_success": success,
                 "reward": success.float(),
                 "done": success | truncated,
@@ -144,3 +185,33 @@ class GridMaze(EnvBase):
 
     def _set_seed(self, seed: int | None) -> None:
         self.rng.manual_seed(0 if seed is None else seed)
+
+    def to(self, device: torch.device | str) -> GridMaze:
+        """Moves specs and state; the generator moves too (re-seeded from its own stream)."""
+        self.rng = _moved_generator(self.rng, device)
+        return super().to(device)
+
+    # ----------------------------------------------------------------------------- rendering
+    render_mode = "rgb_array"
+
+    def render(self, index: int = 0, cell_px: int = 16) -> np.ndarray:
+        """An ``HxWx3`` uint8 frame of instance ``index`` (flat index into the batch): walls
+        dark, goal green, agent red; ``cell_px`` pixels per cell."""
+        i = _render.check_index(index, self.batch_size)
+        image = _render.layout_image(self.walls, cell_px)
+        margin = max(cell_px // 8, 0)
+        image = _render.paint_cell(image, self.goal.reshape(-1, 2)[i], cell_px, _render.GOAL)
+        image = _render.paint_cell(
+            image, self.position.reshape(-1, 2)[i], cell_px, _render.AGENT, margin
+        )
+        return _render.to_numpy(image)
+
+
+def _moved_generator(rng: torch.Generator, device: torch.device | str) -> torch.Generator:
+    device = torch.device(device)
+    if rng.device == device or (rng.device.type == device.type and device.index is None):
+        return rng
+    seed = int(torch.randint(2**62, (), generator=rng, device=rng.device))
+    moved = torch.Generator(device=device)
+    moved.manual_seed(seed)
+    return moved
