@@ -519,3 +519,26 @@ def test_hierarchy_runs_on_builtin_tasks(name):
     rollout = tenv.rollout(50, hierarchy.policy, break_when_any_done=False)
     data = hierarchy.transitions(rollout)
     assert data["primitive"]["steps_to_next_obs"].sum() == 4 * 50
+
+
+@pytest.mark.parametrize("name", ["GridMaze-UMaze", "PointMaze-Open-Force"])
+def test_collector_batches_keep_goal_keys(name):
+    from torchrl.collectors import Collector
+
+    env = make_env(name, batch_size=8, seed=0, max_steps=20)
+    collector = Collector(
+        env,
+        None,  # random policy
+        frames_per_batch=8 * 25,
+        total_frames=8 * 50,
+        auto_register_policy_transforms=False,
+    )
+    batches = list(collector)
+    collector.shutdown()
+    assert len(batches) == 2
+    nxt = torch.cat([b["next"] for b in batches], 1)
+    torch.testing.assert_close(
+        env.compute_reward(nxt["achieved_goal"], nxt["desired_goal"]), nxt["reward"]
+    )
+    assert nxt["done"].any(1).all()  # every instance finished an episode within 20 steps...
+    assert (nxt["done"].sum(1) >= 2).all()  # ...and the collector reset it and went on
