@@ -250,13 +250,6 @@ def test_serial_env_with_transform_in_sub_envs():
 
 
 @pytest.mark.slow  # spawns worker processes (~10-25 s on 2 cores)
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: HierarchyTransform declares its state in the observation spec only, so "
-    "ParallelEnv does not send the policy-written ('hier', level, 'action'|'observation') "
-    "entries to its workers; declaring them in full_state_spec (transform_input_spec, as "
-    "TensorDictPrimer does) fixes it",
-)
 def test_parallel_env_with_transform_in_workers():
     steps = 20
     hierarchy = Hierarchy(deterministic_levels(3), make_env_0())

@@ -17,6 +17,7 @@ from torchrl_hier._passes import (
     backward_pass,
     forward_pass,
     level_input,
+    level_steps,
     pending_action_key,
     reset_state,
     start_observation_key,
@@ -110,6 +111,18 @@ class HierarchyTransform(Transform):
         )
         return observation_spec
 
+    def transform_input_spec(self, input_spec: Composite) -> Composite:
+        # Declared as env state too (as TensorDictPrimer does), so batched envs such as
+        # ParallelEnv send the policy-written pending actions to their workers.
+        if input_spec["full_state_spec"] is None:
+            input_spec["full_state_spec"] = Composite(
+                shape=input_spec.shape, device=input_spec.device
+            )
+        input_spec["full_state_spec"][STATE] = self.state_spec(
+            input_spec.shape, input_spec.device
+        )
+        return input_spec
+
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
         reset = None
         if tensordict is not None:
@@ -172,7 +185,9 @@ class Hierarchy:
             truncated=_done_key(env, "truncated"),
         )
         self._check_devices()
-        self.level_specs = self._check_levels()
+        with torch.random.fork_rng(devices=[]):  # dry runs leave the user's RNG untouched
+            self.level_specs = self._check_levels()
+            self._check_rules()
         self.policy = HierarchyPolicy(levels, self.keys)
 
     @property
@@ -194,14 +209,14 @@ class Hierarchy:
 
     def _check_devices(self) -> None:
         for level in self.levels:
-            for param in level.policy.parameters():
-                if param.device != self.device:
+            tensors = [*level.policy.parameters(), *level.policy.buffers()]
+            for tensor in tensors:
+                if tensor.device != self.device:
                     raise ValueError(
-                        f"Level {level.name!r}: its policy has parameters on {param.device} but "
+                        f"Level {level.name!r}: its policy has tensors on {tensor.device} but "
                         f"the hierarchy runs on {self.device}. Move it with "
-                        f"level.policy.to({str(self.device)!r}) or pass device={str(param.device)!r}."
+                        f"level.policy.to({str(self.device)!r}) or pass device={str(tensor.device)!r}."
                     )
-                break
 
     def _check_levels(self) -> dict[str, tuple[TensorSpec, TensorSpec]]:
         """Dry-runs every level on spec-shaped data; returns (action spec, observation spec)
@@ -223,8 +238,8 @@ class Hierarchy:
             level_obs = _mapped_observation(level, obs, obs_spec, batch_size)
             if i == lowest:
                 action_spec = env_action_spec
-                if level.action_spec is not None and not _same_shape_dtype(
-                    level.action_spec, env_action_spec, batch_size
+                if level.action_spec is not None and not _same_spec(
+                    level.action_spec, env.full_action_spec_unbatched[self.keys.action]
                 ):
                     raise ValueError(
                         f"Level {level.name!r} is the lowest level, so it emits the env action, "
@@ -266,7 +281,14 @@ class Hierarchy:
                     f"Level {level.name!r}: its policy wrote an action of shape "
                     f"{tuple(action.shape)} and dtype {action.dtype}, but its action spec "
                     f"({_describe(action_spec)}) gives shape {tuple(expected.shape)} and dtype "
-                    f"{expected.dtype}."
+                    f"{expected.dtype}. Make the policy's output match the spec, or the spec "
+                    "match the policy."
+                )
+            if action.device != self.device:
+                raise ValueError(
+                    f"Level {level.name!r}: its policy wrote its action on {action.device} but the "
+                    f"hierarchy runs on {self.device}. Move the policy (and its buffers) to "
+                    f"{self.device}."
                 )
             if i < lowest:
                 level_specs[level.name] = (
@@ -277,6 +299,39 @@ class Hierarchy:
         return level_specs
 
 
+    def _check_rules(self) -> None:
+        """Dry-runs each level's reward and return-control rule on one fake step, so a rule
+        that does not fit the env fails here, naming its level, rather than mid-rollout."""
+        env, keys = self.env, self.keys
+        batch_size = env.batch_size
+        transform = self.transform
+        td = env.full_observation_spec.zero().to(self.device)
+        td.set(STATE, transform.initial_state(batch_size, self.device))
+        with torch.no_grad():
+            forward_pass(td, self.levels, keys)
+        next_td = env.full_observation_spec.zero().to(self.device)
+        next_td.update(env.full_reward_spec.zero().to(self.device))
+        next_td.update(env.full_done_spec.zero().to(self.device))
+        for level, step in zip(self.levels, level_steps(td, next_td, self.levels, keys)):
+            step.count = torch.ones(batch_size, dtype=torch.int64, device=self.device)
+            checks = [("reward", level.reward)] if level.reward is not None else []
+            if step.index > 0:
+                checks.append(("control", level.control))
+            for what, rule in checks:
+                try:
+                    out = rule(step)
+                except Exception as err:
+                    raise ValueError(
+                        f"Level {level.name!r}: its {what} rule failed on a dry-run step: {err}"
+                    ) from err
+                if out.shape not in (batch_size, (*batch_size, 1)):
+                    raise ValueError(
+                        f"Level {level.name!r}: its {what} rule returned shape "
+                        f"{tuple(out.shape)}; it must return one value per env instance, shape "
+                        f"{tuple(batch_size)}."
+                    )
+
+
 def _done_key(env: EnvBase, name: str):
     for key in env.done_keys:
         if (key if isinstance(key, str) else key[-1]) == name:
@@ -284,10 +339,8 @@ def _done_key(env: EnvBase, name: str):
     return name
 
 
-def _same_shape_dtype(spec: TensorSpec, env_spec: TensorSpec, batch_size: torch.Size) -> bool:
-    return tuple(spec.shape) == tuple(env_spec.shape[len(batch_size):]) and (
-        spec.dtype == env_spec.dtype
-    )
+def _same_spec(spec: TensorSpec, env_spec: TensorSpec) -> bool:
+    return spec.to(env_spec.device) == env_spec
 
 
 def _describe(spec: TensorSpec) -> str:
