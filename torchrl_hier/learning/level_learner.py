@@ -1,0 +1,448 @@
+"""LevelLearner: what one level needs to learn from its semi-MDP transitions.
+
+A replay buffer, a ``torchrl.objectives`` loss (its value estimator set to TD(0) with the
+level's gamma, so the target is ``R + gamma**tau * (1 - terminated) * V(next)``), an optimizer,
+target-network updates, a warm-up and an update ratio, both counted in the level's own
+transitions: a high level completes far fewer transitions than the lowest one, so counting
+env frames would make it update far too often on far too little data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
+from torchrl.objectives import HardUpdate, LossModule, SoftUpdate, ValueEstimators
+from torchrl.objectives.utils import TargetNetUpdater
+from torchrl.objectives.value import TD0Estimator
+
+from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
+
+__all__ = ["LevelLearner", "transition_keys"]
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def transition_keys(has_parent: bool) -> set[NestedKey]:
+    """The leaf keys of a level's transitions as :meth:`Hierarchy.transitions` writes them."""
+    keys: set[NestedKey] = {
+        OBSERVATION,
+        ACTION,
+        "steps_to_next_obs",
+        ("next", OBSERVATION),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+        ("next", "truncated"),
+    }
+    if has_parent:
+        keys |= {PARENT_ACTION, ("next", PARENT_ACTION)}
+    return keys
+
+
+def _key_str(key: NestedKey) -> str:
+    return key if isinstance(key, str) else "/".join(key)
+
+
+def _sorted(keys: Iterable[NestedKey]) -> list[str]:
+    return sorted(_key_str(key) for key in keys)
+
+
+class LevelLearner:
+    """Learns one level from its SMDP transitions with a stock ``torchrl.objectives`` loss.
+
+    Typical use, in a plain loop over a TorchRL collector::
+
+        learner = LevelLearner(DQNLoss(qnet, action_space=spec), level=level, warmup=1000)
+        for batch in collector:
+            learner.extend(hierarchy.transitions(batch)[level.name])
+            logs = learner.update()   # the gradient steps owed by update_ratio, mean losses
+
+    Args:
+        loss: a ``torchrl.objectives.LossModule`` (``DQNLoss``, ``DiscreteSACLoss``,
+            ``SACLoss``, ``TD3Loss``, ``DDPGLoss``, ...). Its networks must be the modules the
+            level's policy runs, so that training the loss trains the policy.
+        level: the level this learner trains; its ``gamma`` is used (and checked against
+            ``gamma`` when both are given).
+        gamma: the discount. Needed when ``level`` is not given.
+        optimizer: an optimizer over ``loss.parameters()``, or a factory ``params -> optimizer``
+            (e.g. ``functools.partial(torch.optim.Adam, lr=3e-4)``); default Adam with ``lr``.
+        lr: learning rate of the default optimizer.
+        buffer_size: capacity of the replay buffer (oldest transitions are overwritten).
+        batch_size: transitions per gradient step.
+        device: where the replay buffer stores its transitions.
+        target_update: a ``SoftUpdate``/``HardUpdate`` built on ``loss``, or ``"soft"``
+            (Polyak, ``tau``) or ``"hard"`` (copy every ``period`` gradient steps). ``None``
+            uses ``"soft"`` when the loss has target networks and nothing otherwise.
+        tau: the Polyak factor of ``"soft"``: ``target <- (1 - tau) * target + tau * online``.
+        period: gradient steps between two copies with ``"hard"``.
+        warmup: transitions of this level to collect before the first gradient step.
+        update_ratio: gradient steps per transition of this level after the warm-up
+            (0.25: one step every 4 transitions; 2.0: two steps per transition).
+        max_grad_norm: clip the gradient norm to this value before each step (``None``: no clip).
+        buffer: a replay buffer to use instead of the default
+            ``TensorDictReplayBuffer(LazyTensorStorage(buffer_size, device=device))``.
+    """
+
+    def __init__(
+        self,
+        loss: LossModule,
+        *,
+        level: Level | None = None,
+        gamma: float | None = None,
+        optimizer: torch.optim.Optimizer | OptimizerFactory | None = None,
+        lr: float = 1e-3,
+        buffer_size: int = 100_000,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+        target_update: TargetNetUpdater | str | None = None,
+        tau: float = 0.005,
+        period: int = 1000,
+        warmup: int = 1000,
+        update_ratio: float = 0.25,
+        max_grad_norm: float | None = None,
+        buffer: ReplayBuffer | None = None,
+    ):
+        if not isinstance(loss, LossModule):
+            raise TypeError(
+                f"loss must be a torchrl.objectives.LossModule (DQNLoss, SACLoss, TD3Loss, ...), "
+                f"got {type(loss).__name__}."
+            )
+        if not (isinstance(warmup, int) and warmup >= 0):
+            raise ValueError(f"warmup must be an int >= 0 (transitions of this level), got {warmup!r}.")
+        if not update_ratio > 0:
+            raise ValueError(
+                f"update_ratio must be > 0 (gradient steps per transition), got {update_ratio!r}."
+            )
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        self.loss = loss
+        self.level = level
+        self.gamma = self._resolve_gamma(level, gamma)
+        self.batch_size = batch_size
+        self.warmup = warmup
+        self.update_ratio = float(update_ratio)
+        self.max_grad_norm = max_grad_norm
+        self.device = torch.device(device)
+        self._set_value_estimator()
+        self.optimizer = self._make_optimizer(optimizer, lr)
+        self.target_updater = self._make_target_updater(target_update, tau, period)
+        if buffer is None:
+            if not (isinstance(buffer_size, int) and buffer_size > 0):
+                raise ValueError(f"buffer_size must be a positive int, got {buffer_size!r}.")
+            buffer = TensorDictReplayBuffer(
+                storage=LazyTensorStorage(buffer_size, device=self.device),
+                batch_size=batch_size,
+            )
+        self.buffer = buffer
+        self.n_transitions = 0
+        self.n_updates = 0
+        self._schema: set[NestedKey] | None = None
+
+    # ----------------------------------------------------------------------------- setup
+    @staticmethod
+    def _resolve_gamma(level: Level | None, gamma: float | None) -> float:
+        if level is not None and not isinstance(level, Level):
+            raise TypeError(f"level must be a torchrl_hier.Level, got {type(level).__name__}.")
+        if level is None and gamma is None:
+            raise ValueError(
+                "LevelLearner needs the level's discount: pass level=<Level> or gamma=<float>."
+            )
+        if level is not None and gamma is not None and not math.isclose(level.gamma, gamma):
+            raise ValueError(
+                f"gamma={gamma} differs from level {level.name!r}'s gamma={level.gamma}: the "
+                "level accumulates its SMDP reward with its own gamma, so the loss must bootstrap "
+                "with the same one. Drop gamma= or make them equal."
+            )
+        gamma = float(level.gamma if gamma is None else gamma)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
+        return gamma
+
+    def _set_value_estimator(self) -> None:
+        """TD(0) with this level's gamma; its target reads ``steps_to_next_obs`` (tau)."""
+        existing = getattr(self.loss, "_value_estimator", None)
+        if existing is not None and not isinstance(existing, TD0Estimator):
+            raise ValueError(
+                f"The loss already has a {type(existing).__name__} value estimator. SMDP "
+                "transitions sampled from a replay buffer are not trajectories, so a level "
+                "learner bootstraps with TD(0): R + gamma**tau * (1 - terminated) * V(next). "
+                "Leave the loss's value estimator unset; the learner makes a TD0 one."
+            )
+        try:
+            self.loss.make_value_estimator(ValueEstimators.TD0, gamma=self.gamma)
+        except NotImplementedError as err:
+            raise ValueError(
+                f"{type(self.loss).__name__} does not support a TD0 value estimator, which a "
+                f"level learner needs to discount by gamma**steps_to_next_obs: {err}"
+            ) from err
+        self.steps_key: NestedKey = self.loss.value_estimator.tensor_keys.steps_to_next_obs
+
+    def _make_optimizer(
+        self, optimizer: torch.optim.Optimizer | OptimizerFactory | None, lr: float
+    ) -> torch.optim.Optimizer:
+        params = [p for p in self.loss.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"{type(self.loss).__name__} has no trainable parameters: nothing to learn."
+            )
+        if optimizer is None:
+            return torch.optim.Adam(params, lr=lr)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            own = {id(p) for p in params}
+            covered = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not own & covered:
+                raise ValueError(
+                    "The optimizer holds none of the loss's parameters. Build it on "
+                    "loss.parameters() (the loss keeps its own functional copy of the networks' "
+                    "parameters), or pass a factory such as partial(torch.optim.Adam, lr=1e-3)."
+                )
+            return optimizer
+        if callable(optimizer):
+            made = optimizer(params)
+            if not isinstance(made, torch.optim.Optimizer):
+                raise TypeError(
+                    f"The optimizer factory returned {type(made).__name__}, not a torch optimizer."
+                )
+            return made
+        raise TypeError(
+            "optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, or None; "
+            f"got {type(optimizer).__name__}."
+        )
+
+    def _has_targets(self) -> bool:
+        return any(
+            name.startswith("target_") and name.endswith("_params")
+            for name, _ in self.loss.named_children()
+        )
+
+    def _make_target_updater(
+        self, target_update: TargetNetUpdater | str | None, tau: float, period: int
+    ) -> TargetNetUpdater | None:
+        if isinstance(target_update, TargetNetUpdater):
+            if target_update.loss_module is not self.loss:
+                raise ValueError(
+                    f"The {type(target_update).__name__} was built on another loss module; "
+                    "build it on this learner's loss: SoftUpdate(loss, tau=...)."
+                )
+            return target_update
+        if target_update is None:
+            if not self._has_targets():
+                return None
+            target_update = "soft"
+        if target_update not in ("soft", "hard"):
+            raise ValueError(
+                f"target_update must be a SoftUpdate/HardUpdate instance, 'soft', 'hard' or None; "
+                f"got {target_update!r}."
+            )
+        if not self._has_targets():
+            raise ValueError(
+                f"target_update={target_update!r} but {type(self.loss).__name__} has no target "
+                "networks. Build the loss with them (e.g. DQNLoss(..., delay_value=True)) or "
+                "leave target_update=None."
+            )
+        if target_update == "soft":
+            if not 0.0 < tau <= 0.5:
+                raise ValueError(f"tau must be in (0, 0.5] for soft target updates, got {tau}.")
+            return SoftUpdate(self.loss, tau=tau)
+        if not (isinstance(period, int) and period > 0):
+            raise ValueError(f"period must be a positive int for hard target updates, got {period!r}.")
+        return HardUpdate(self.loss, value_network_update_interval=period)
+
+    # ----------------------------------------------------------------------------- keys
+    @property
+    def required_keys(self) -> set[NestedKey]:
+        """The entries a transition must hold: what the loss reads, plus ``steps_to_next_obs``.
+
+        ``("next", action)`` (recomputed by actor-critic losses from the next observation) and
+        the optional prioritized-replay weight are not required.
+        """
+        tensor_keys = self.loss.tensor_keys
+        optional = {
+            getattr(tensor_keys, "priority_weight", None),
+            ("next", getattr(tensor_keys, "action", ACTION)),
+        }
+        keys = {
+            key if isinstance(key, str) or len(key) > 1 else key[0]
+            for key in self.loss.in_keys
+        }
+        return (keys - optional) | {self.steps_key}
+
+    def check_level_keys(self, has_parent: bool, name: str = "this level") -> None:
+        """Raises if the loss reads entries that the level's transitions do not hold."""
+        missing = {
+            key for key in self.required_keys if key not in transition_keys(has_parent)
+        }
+        if missing:
+            raise KeyError(
+                f"The loss of {name} reads {_sorted(missing)}, which its transitions do not hold "
+                f"(they hold {_sorted(transition_keys(has_parent))}). Make its networks read "
+                f"{OBSERVATION!r}"
+                + (f" and {PARENT_ACTION!r}" if has_parent else "")
+                + f", and the loss read {ACTION!r} and ('next', 'reward'/'done'/'terminated')."
+            )
+
+    def _check_transitions(self, td: TensorDictBase) -> TensorDictBase:
+        if not isinstance(td, TensorDictBase):
+            raise TypeError(
+                f"extend expects a TensorDict of transitions (hierarchy.transitions(batch)[name]), "
+                f"got {type(td).__name__}."
+            )
+        if td.batch_dims != 1:
+            td = td.reshape(-1)
+        present = set(td.keys(include_nested=True))
+        missing = {key for key in self.required_keys if key not in present}
+        if missing:
+            hint = (
+                f" Keep {_key_str(self.steps_key)!r} (tau): td.select(*loss.in_keys) drops it, "
+                "and without it the loss would discount by gamma instead of gamma**tau."
+                if self.steps_key in missing
+                else ""
+            )
+            raise KeyError(
+                f"The transitions lack {_sorted(missing)}, which {type(self.loss).__name__} needs. "
+                f"Expected {_sorted(self.required_keys)}; got "
+                f"{_sorted(td.keys(include_nested=True, leaves_only=True))}.{hint}"
+            )
+        schema = set(td.keys(include_nested=True, leaves_only=True))
+        if self._schema is not None and schema != self._schema:
+            raise KeyError(
+                "These transitions do not have the keys of those already in the buffer, so "
+                f"some entries would be dropped: new {_sorted(schema - self._schema)}, missing "
+                f"{_sorted(self._schema - schema)}. Extend with transitions of one layout."
+            )
+        reward = td.get(("next", "reward"), None)
+        steps = td.get(self.steps_key)
+        if reward is not None and steps.numel() != reward.numel():
+            raise ValueError(
+                f"{_key_str(self.steps_key)!r} has shape {tuple(steps.shape)} but ('next', "
+                f"'reward') has shape {tuple(reward.shape)}: there must be one tau per transition."
+            )
+        if steps.is_floating_point() or steps.dtype == torch.bool:
+            raise TypeError(
+                f"{_key_str(self.steps_key)!r} must hold integer step counts, got {steps.dtype}."
+            )
+        if steps.numel() and bool((steps < 1).any()):
+            raise ValueError(
+                f"{_key_str(self.steps_key)!r} must be >= 1 (env steps per transition), got a "
+                f"minimum of {int(steps.min())}."
+            )
+        return td
+
+    # ----------------------------------------------------------------------------- learning
+    def extend(self, transitions: TensorDictBase) -> None:
+        """Adds a level's completed transitions (any number, zero included) to the buffer."""
+        td = self._check_transitions(transitions)
+        n = td.batch_size.numel()  # TensorDict.numel() is at least 1
+        if n == 0:
+            return
+        self._schema = set(td.keys(include_nested=True, leaves_only=True))
+        self.buffer.extend(td)
+        self.n_transitions += n
+
+    @property
+    def updates_owed(self) -> int:
+        """Gradient steps due now: ``update_ratio`` per transition past the warm-up."""
+        if self.n_transitions < max(self.warmup, 1):
+            return 0
+        due = math.floor((self.n_transitions - self.warmup) * self.update_ratio + 1e-9)
+        return max(due - self.n_updates, 0)
+
+    def _loss_device(self) -> torch.device | None:
+        for tensor in (*self.loss.parameters(), *self.loss.buffers()):
+            return tensor.device
+        return None
+
+    def update(self) -> dict[str, float]:
+        """Performs the gradient steps owed by ``update_ratio``; returns the mean of each loss
+        term (``loss_*``) and of the loss's other scalar outputs (e.g. ``alpha``) over them.
+        Returns an empty dict when nothing is owed (still in the warm-up)."""
+        owed = self.updates_owed
+        if owed == 0 or len(self.buffer) == 0:
+            return {}
+        device = self._loss_device()
+        totals: dict[str, torch.Tensor] = {}
+        for _ in range(owed):
+            batch = self.buffer.sample(self.batch_size)
+            if device is not None and batch.device != device:
+                batch = batch.to(device, non_blocking=True)
+            out = self.loss(batch)
+            terms = [value for key, value in out.items() if key.startswith("loss")]
+            if not terms:
+                raise KeyError(
+                    f"{type(self.loss).__name__} returned no 'loss*' entry "
+                    f"(it returned {sorted(out.keys())}); cannot take a gradient step."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            sum(terms).backward()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for group in self.optimizer.param_groups for p in group["params"]],
+                    self.max_grad_norm,
+                )
+            self.optimizer.step()
+            if self.target_updater is not None:
+                self.target_updater.step()
+            for key, value in out.items():
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    value = value.detach().reshape(())
+                    totals[key] = totals[key] + value if key in totals else value
+            self.n_updates += 1
+        keys = list(totals)
+        means = (torch.stack([totals[key] for key in keys]).float() / owed).tolist()
+        return dict(zip(keys, means))
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self, include_buffer: bool = False) -> dict[str, Any]:
+        """Loss parameters (online and target), optimizer, target-update progress and counters;
+        the replay buffer too when ``include_buffer``."""
+        state: dict[str, Any] = {
+            "gamma": self.gamma,
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "target_update": None if self.target_updater is None else self.target_updater.state_dict(),
+            "n_transitions": self.n_transitions,
+            "n_updates": self.n_updates,
+            "schema": None if self._schema is None else sorted(self._schema, key=str),
+        }
+        if include_buffer:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved (the buffer only if it was saved)."""
+        missing = {"gamma", "loss", "optimizer", "n_transitions", "n_updates"} - set(state_dict)
+        if missing:
+            raise KeyError(
+                f"Not a LevelLearner state dict: it lacks {sorted(missing)} (it has "
+                f"{sorted(state_dict)})."
+            )
+        if not math.isclose(state_dict["gamma"], self.gamma):
+            raise ValueError(
+                f"The saved learner used gamma={state_dict['gamma']}, this one gamma={self.gamma}."
+            )
+        self.loss.load_state_dict(state_dict["loss"])
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        if self.target_updater is not None and state_dict.get("target_update") is not None:
+            self.target_updater.load_state_dict(state_dict["target_update"])
+        self.n_transitions = int(state_dict["n_transitions"])
+        self.n_updates = int(state_dict["n_updates"])
+        schema = state_dict.get("schema")
+        self._schema = None if schema is None else {
+            key if isinstance(key, str) else tuple(key) for key in schema
+        }
+        if "buffer" in state_dict:
+            self.buffer.load_state_dict(state_dict["buffer"])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(loss={type(self.loss).__name__}, gamma={self.gamma}, "
+            f"n_transitions={self.n_transitions}, n_updates={self.n_updates}, "
+            f"buffer={len(self.buffer)}, "
+            f"warmup={self.warmup}, update_ratio={self.update_ratio})"
+        )
