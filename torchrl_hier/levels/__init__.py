@@ -1,5 +1,93 @@
-"""Ready-made levels."""
+"""Ready-made levels: options (DQN / discrete SAC), subgoals (TD3 / SAC) with HAC's hindsight,
+goal-conditioned levels, and random/constant levels for tests and baselines."""
 
 from torchrl_hier.levels.basic import ConstantPolicy, SpecRandomPolicy, constant_level, random_level
+from torchrl_hier.levels.goals import (
+    AchievedGoal,
+    CommandedGoal,
+    GoalReward,
+    GoalSlot,
+    SubgoalSpace,
+    check_goal_env,
+    check_goal_keys,
+    goal_distance,
+)
+from torchrl_hier.levels.hindsight import (
+    EPISODE_KEY,
+    STRATEGIES,
+    EpisodeBuffer,
+    HindsightGoals,
+    LevelEpisodes,
+    episode_bounds,
+    hindsight_actions,
+    stream_ids,
+    subgoal_learner_frame,
+    subgoal_test_penalties,
+    subgoal_transitions,
+)
+from torchrl_hier.levels.options import (
+    OptionTermination,
+    OptionTerminationLoss,
+    option_conditioned_level,
+    option_level,
+    option_spec,
+)
+from torchrl_hier.levels.parts import (
+    GreedyWhenTested,
+    InputNet,
+    SubgoalTestFlag,
+    SubgoalToAbsolute,
+    actor_critic_head,
+    anneal_exploration,
+    dqn_head,
+    exploration_modules,
+)
+from torchrl_hier.levels.subgoals import (
+    goal_conditioned_level,
+    goal_control,
+    subgoal_action_spec,
+    subgoal_level,
+)
 
-__all__ = ["ConstantPolicy", "SpecRandomPolicy", "constant_level", "random_level"]
+__all__ = [
+    "ConstantPolicy",
+    "SpecRandomPolicy",
+    "constant_level",
+    "random_level",
+    "AchievedGoal",
+    "CommandedGoal",
+    "GoalReward",
+    "GoalSlot",
+    "SubgoalSpace",
+    "check_goal_env",
+    "check_goal_keys",
+    "goal_distance",
+    "EPISODE_KEY",
+    "STRATEGIES",
+    "EpisodeBuffer",
+    "HindsightGoals",
+    "LevelEpisodes",
+    "episode_bounds",
+    "hindsight_actions",
+    "stream_ids",
+    "subgoal_learner_frame",
+    "subgoal_test_penalties",
+    "subgoal_transitions",
+    "OptionTermination",
+    "OptionTerminationLoss",
+    "option_conditioned_level",
+    "option_level",
+    "option_spec",
+    "GreedyWhenTested",
+    "InputNet",
+    "SubgoalTestFlag",
+    "SubgoalToAbsolute",
+    "actor_critic_head",
+    "anneal_exploration",
+    "dqn_head",
+    "exploration_modules",
+    "goal_conditioned_level",
+    "goal_control",
+    "subgoal_action_spec",
+    "subgoal_level",
+]

@@ -1,0 +1,314 @@
+"""Building blocks of the ready-made levels: input networks, DQN / TD3 / SAC heads and losses,
+and the policy modules that carry subgoal testing through a hierarchy.
+
+Everything here is a stock TorchRL module (``QValueActor``, ``ProbabilisticActor`` with
+``TanhDelta``/``TanhNormal``, ``ValueOperator``, ``EGreedyModule``, ``AdditiveGaussianModule``)
+or a small ``TensorDictModuleBase`` around one, batched over env instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import (
+    InteractionType,
+    NormalParamExtractor,
+    TensorDictModule,
+    TensorDictModuleBase,
+    TensorDictSequential,
+)
+from torch import Tensor, nn
+from torchrl.data import Bounded, Categorical, OneHot
+from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
+from torchrl.modules import (
+    MLP,
+    AdditiveGaussianModule,
+    EGreedyModule,
+    ProbabilisticActor,
+    QValueActor,
+    TanhDelta,
+    TanhNormal,
+    ValueOperator,
+)
+from torchrl.objectives import DQNLoss, LossModule, SACLoss, TD3Loss, ValueEstimators
+
+from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION
+from torchrl_hier.levels.goals import SubgoalSpace
+
+__all__ = [
+    "InputNet",
+    "GreedyWhenTested",
+    "SubgoalTestFlag",
+    "SubgoalToAbsolute",
+    "dqn_head",
+    "actor_critic_head",
+    "anneal_exploration",
+    "exploration_modules",
+]
+
+_RANDOM_MODES = (ExplorationType.RANDOM, None)
+
+
+class InputNet(nn.Module):
+    """Applies ``net`` to the concatenation of its inputs, cast to float.
+
+    The first input is the level's observation and, when ``goal_space`` is given, the second is
+    the parent action holding an absolute goal in its first ``goal_space.dim`` entries (a
+    subgoal-test flag may follow): it is replaced by ``goal - achieved(observation)``, the
+    displacement still to cover, which generalises across positions. Other inputs (a one-hot
+    option, an action for a critic) are concatenated as they are.
+    """
+
+    def __init__(self, net: nn.Module, goal_space: SubgoalSpace | None = None):
+        super().__init__()
+        self.net = net
+        self.goal_space = goal_space
+
+    def forward(self, *inputs: Tensor):
+        inputs = list(inputs)
+        if self.goal_space is not None:
+            observation, parent_action = inputs[0], inputs[1]
+            goal = parent_action[..., : self.goal_space.dim]
+            inputs[1] = goal - self.goal_space.achieved(observation)
+        return self.net(torch.cat([x.to(torch.get_default_dtype()) for x in inputs], -1))
+
+
+def _in_keys(parent_dim: int | None) -> list[str]:
+    return [OBSERVATION] if parent_dim is None else [OBSERVATION, PARENT_ACTION]
+
+
+def _in_features(obs_dim: int, parent_dim: int | None, goal_space: SubgoalSpace | None) -> int:
+    if parent_dim is None:
+        return obs_dim
+    return obs_dim + (goal_space.dim if goal_space is not None else parent_dim)
+
+
+def mlp(in_features: int, out_features: int, hidden: Sequence[int], device) -> MLP:
+    return MLP(
+        in_features=in_features,
+        out_features=out_features,
+        num_cells=list(hidden),
+        activation_class=nn.ReLU,
+        device=device,
+    )
+
+
+def dqn_head(
+    obs_dim: int,
+    action_spec: Categorical | OneHot,
+    *,
+    parent_dim: int | None = None,
+    goal_space: SubgoalSpace | None = None,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
+    annealing_num_steps: int = 10_000,
+    double_dqn: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[TensorDictModuleBase, QValueActor, DQNLoss]:
+    """A Q-network policy with epsilon-greedy exploration, its ``QValueActor`` and ``DQNLoss``.
+
+    Returns ``(policy, qvalue_actor, loss)``; the loss's value estimator is TD(0) with
+    ``gamma``, which discounts by ``gamma**steps_to_next_obs`` (the level's τ).
+    """
+    if device is not None:
+        action_spec = action_spec.to(device)
+    n_actions = action_spec.space.n
+    net = InputNet(
+        mlp(_in_features(obs_dim, parent_dim, goal_space), n_actions, hidden, device),
+        goal_space,
+    )
+    actor = QValueActor(net, in_keys=_in_keys(parent_dim), spec=action_spec.clone())
+    explore = EGreedyModule(
+        action_spec.clone(),
+        eps_init=float(eps_init),
+        eps_end=float(eps_end),
+        annealing_num_steps=annealing_num_steps,
+        device=device,
+    )
+    loss = DQNLoss(actor, action_space=action_spec.clone(), delay_value=True, double_dqn=double_dqn)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
+    return TensorDictSequential(actor, explore), actor, loss
+
+
+def actor_critic_head(
+    obs_dim: int,
+    action_spec: Bounded,
+    *,
+    algorithm: str = "td3",
+    parent_dim: int | None = None,
+    goal_space: SubgoalSpace | None = None,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    noise_std: float = 0.1,
+    noise_end: float | None = None,
+    annealing_num_steps: int = 10_000,
+    device: torch.device | str | None = None,
+) -> tuple[TensorDictModuleBase, ProbabilisticActor, LossModule]:
+    """A bounded continuous actor, its critic and a ``TD3Loss`` or ``SACLoss``.
+
+    TD3: a ``TanhDelta`` ``ProbabilisticActor`` plus ``AdditiveGaussianModule`` noise of std
+    ``noise_std * (high - low) / 2`` (annealed to ``noise_end``). SAC: a ``TanhNormal`` actor,
+    sampled while exploring. Returns ``(policy, actor, loss)``.
+    """
+    if algorithm not in ("td3", "sac"):
+        raise ValueError(f"algorithm must be 'td3' or 'sac' for continuous actions, got {algorithm!r}.")
+    if not isinstance(action_spec, Bounded):
+        raise TypeError(
+            f"A continuous level needs a Bounded action spec, got {type(action_spec).__name__}."
+        )
+    if device is not None:
+        action_spec = action_spec.to(device)
+    dim = action_spec.shape[-1]
+    low, high = action_spec.space.low, action_spec.space.high
+    in_keys = _in_keys(parent_dim)
+    in_features = _in_features(obs_dim, parent_dim, goal_space)
+    if algorithm == "td3":
+        net = InputNet(mlp(in_features, dim, hidden, device), goal_space)
+        actor = ProbabilisticActor(
+            TensorDictModule(net, in_keys=in_keys, out_keys=["param"]),
+            in_keys=["param"],
+            spec=action_spec.clone(),
+            distribution_class=TanhDelta,
+            distribution_kwargs={"low": low, "high": high},
+            default_interaction_type=InteractionType.DETERMINISTIC,
+        )
+        half_range = float(((high - low) / 2).mean())
+        end = noise_std if noise_end is None else noise_end
+        explore = AdditiveGaussianModule(
+            action_spec.clone(),
+            sigma_init=1.0,
+            sigma_end=float(end / noise_std) if noise_std > 0 else 1.0,
+            annealing_num_steps=annealing_num_steps,
+            std=noise_std * half_range,
+            device=device,
+        )
+        policy = TensorDictSequential(actor, explore)
+    else:
+        net = InputNet(
+            nn.Sequential(mlp(in_features, 2 * dim, hidden, device), NormalParamExtractor()),
+            goal_space,
+        )
+        actor = ProbabilisticActor(
+            TensorDictModule(net, in_keys=in_keys, out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            spec=action_spec.clone(),
+            distribution_class=TanhNormal,
+            distribution_kwargs={"low": low, "high": high},
+            default_interaction_type=InteractionType.RANDOM,
+        )
+        policy = actor
+    critic = ValueOperator(
+        InputNet(mlp(in_features + dim, 1, hidden, device), goal_space),
+        in_keys=[*in_keys, ACTION],
+    )
+    if algorithm == "td3":
+        loss = TD3Loss(actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2)
+    else:
+        loss = SACLoss(actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
+    return policy, actor, loss
+
+
+class GreedyWhenTested(TensorDictModuleBase):
+    """Runs ``policy`` greedily (``ExplorationType.DETERMINISTIC``) for the instances whose
+    parent subgoal is being tested (entry ``flag_index`` of ``"parent_action"`` set), and as
+    usual for the others, as HAC's subgoal testing requires of every level below a tested one.
+
+    A policy ending with an exploration module (``TensorDictSequential(actor, EGreedyModule)``,
+    as :func:`dqn_head` and :func:`actor_critic_head` build) runs its actor once and keeps the
+    greedy action where tested; any other policy (e.g. a sampling SAC actor) runs twice, once
+    in each mode. No host sync either way.
+    """
+
+    def __init__(self, policy: TensorDictModuleBase, flag_index: int):
+        super().__init__()
+        self.policy = policy
+        self.flag_index = flag_index
+        self.in_keys = list(dict.fromkeys([*policy.in_keys, PARENT_ACTION]))
+        self.out_keys = list(policy.out_keys)
+        modules = list(policy.module) if isinstance(policy, TensorDictSequential) else []
+        split = len(modules) >= 2 and isinstance(
+            modules[-1], (EGreedyModule, AdditiveGaussianModule)
+        )
+        self._split = (modules[:-1], modules[-1]) if split else None
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if exploration_type() not in _RANDOM_MODES:
+            return self.policy(tensordict)
+        tested = tensordict.get(PARENT_ACTION)[..., self.flag_index] > 0.5
+        if self._split is not None:
+            body, explore = self._split
+            for module in body:
+                tensordict = module(tensordict)
+            greedy = tensordict.get(ACTION)
+            explored = explore(tensordict).get(ACTION)
+        else:
+            explored = self.policy(tensordict.copy()).get(ACTION)
+            with set_exploration_type(ExplorationType.DETERMINISTIC):
+                greedy = self.policy(tensordict.copy()).get(ACTION)
+        mask = tested.reshape(tested.shape + (1,) * (greedy.ndim - tested.ndim))
+        return tensordict.set(ACTION, torch.where(mask, greedy, explored))
+
+
+class SubgoalToAbsolute(TensorDictModuleBase):
+    """Turns a relative subgoal (a displacement) into the absolute target handed below."""
+
+    def __init__(self, space: SubgoalSpace):
+        super().__init__()
+        self.space = space
+        self.in_keys = [OBSERVATION, ACTION]
+        self.out_keys = [ACTION]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = self.space.to_absolute(tensordict.get(ACTION), tensordict.get(OBSERVATION))
+        return tensordict.set(ACTION, action)
+
+
+class SubgoalTestFlag(TensorDictModuleBase):
+    """Appends HAC's subgoal-test flag to a subgoal: 1 with probability ``probability`` while
+    exploring (never in deterministic mode), and always when the level's own parent subgoal is
+    tested (``parent_flag_index`` of ``"parent_action"``), since a tested level's whole
+    sub-hierarchy acts greedily."""
+
+    def __init__(self, probability: float, parent_flag_index: int | None = None):
+        super().__init__()
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"The subgoal-test probability must be in [0, 1], got {probability}.")
+        self.probability = probability
+        self.parent_flag_index = parent_flag_index
+        self.in_keys = [ACTION] + ([] if parent_flag_index is None else [PARENT_ACTION])
+        self.out_keys = [ACTION]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(ACTION)
+        batch = action.shape[:-1]
+        if exploration_type() in _RANDOM_MODES and self.probability > 0:
+            flag = torch.rand(batch, device=action.device) < self.probability
+        else:
+            flag = torch.zeros(batch, dtype=torch.bool, device=action.device)
+        if self.parent_flag_index is not None:
+            flag = flag | (tensordict.get(PARENT_ACTION)[..., self.parent_flag_index] > 0.5)
+        return tensordict.set(ACTION, torch.cat([action, flag.unsqueeze(-1).to(action.dtype)], -1))
+
+
+def exploration_modules(module: nn.Module) -> list[nn.Module]:
+    """The annealed exploration modules (``EGreedyModule``, ``AdditiveGaussianModule``) in a
+    level's policy."""
+    return [m for m in module.modules() if isinstance(m, (EGreedyModule, AdditiveGaussianModule))]
+
+
+def anneal_exploration(module: nn.Module, frames: int = 1) -> None:
+    """Steps every annealed exploration module of a level's policy by ``frames`` (call it as
+    often as the level acts, e.g. with the number of its new transitions). Same schedule as
+    their ``step(frames)``, without its per-frame Python loop."""
+    for m in exploration_modules(module):
+        if isinstance(m, EGreedyModule):
+            value, start, end = m.eps, m.eps_init, m.eps_end
+        else:
+            value, start, end = m.sigma, m.sigma_init, m.sigma_end
+        decayed = value - frames * (start - end) / m.annealing_num_steps
+        value.data.copy_(torch.maximum(end, decayed))

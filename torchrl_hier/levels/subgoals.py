@@ -1,0 +1,349 @@
+"""Subgoal levels (HAC-style) and the goal-conditioned levels below them.
+
+A subgoal level emits a subgoal in a :class:`~torchrl_hier.levels.SubgoalSpace` (a projection of
+the observation, absolute or relative to the current position, bounded by the space's spec),
+with a TD3 (``TanhDelta``) or SAC (``TanhNormal``) actor and a ``ValueOperator`` critic. What it
+hands to the level below is always ``[absolute subgoal (dim), test flag (1)]``:
+
+- a relative subgoal is turned into the absolute target where it is chosen, so the level below
+  pursues a fixed target and never needs to know where the subgoal was set;
+- the test flag is HAC's subgoal testing: with probability ``test_probability`` the subgoal is
+  tested, and every level below then acts without exploration (:class:`GreedyWhenTested`).
+
+A goal-conditioned level reads that target from ``"parent_action"``, is rewarded by
+:class:`~torchrl_hier.levels.GoalReward` (``not_reached`` per step, ``reached`` on reaching it)
+and hands control back on ``GoalReached(tolerance) | Timeout(horizon)``.
+
+The learner of a subgoal level must see its transitions through
+:func:`~torchrl_hier.levels.subgoal_transitions` (hindsight actions, test penalties, and the
+subgoal back in the space's frame); the level below through
+:class:`~torchrl_hier.levels.HindsightGoals` (goal rewards, termination on reaching, HER).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase, TensorDictSequential
+from torch import Tensor
+from torchrl.data import Bounded, Categorical, OneHot, TensorSpec, Unbounded
+from torchrl.envs import EnvBase
+from torchrl.objectives import LossModule
+
+from torchrl_hier.control import GoalReached, LevelStep, ReturnControlRule, Timeout
+from torchrl_hier.level import PARENT_ACTION, Level
+from torchrl_hier.levels.goals import (
+    AchievedGoal,
+    CommandedGoal,
+    GoalReward,
+    GoalSlot,
+    SubgoalSpace,
+    check_goal_env,
+)
+from torchrl_hier.levels.parts import (
+    GreedyWhenTested,
+    SubgoalTestFlag,
+    SubgoalToAbsolute,
+    actor_critic_head,
+    dqn_head,
+)
+
+__all__ = ["subgoal_level", "goal_conditioned_level", "subgoal_action_spec", "goal_control"]
+
+
+def subgoal_action_spec(space: SubgoalSpace) -> TensorSpec:
+    """The spec of what a subgoal level hands below: ``[absolute subgoal, test flag]``."""
+    if space.relative:
+        return Unbounded((space.dim + 1,), dtype=torch.float32)
+    low = torch.cat([space.spec.space.low, torch.zeros(1)])
+    high = torch.cat([space.spec.space.high, torch.ones(1)])
+    return Bounded(low, high, (space.dim + 1,), dtype=torch.float32)
+
+
+def _check_positive_int(level: str, what: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"Level {level!r}: {what} must be a positive int, got {value!r}.")
+
+
+def _check_tolerance(level: str, tolerance) -> None:
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)):
+        raise TypeError(f"Level {level!r}: the goal tolerance must be a number, got {tolerance!r}.")
+    if not tolerance > 0:
+        raise ValueError(
+            f"Level {level!r}: the goal tolerance must be positive (the distance under which its "
+            f"subgoal counts as reached), got {tolerance!r}."
+        )
+
+
+def _check_space(level: str, space, obs_dim: int) -> None:
+    if not isinstance(space, SubgoalSpace):
+        raise TypeError(
+            f"Level {level!r}: expected a SubgoalSpace for its goals, got {type(space).__name__}."
+        )
+    _check_positive_int(level, "obs_dim", obs_dim)
+    space.check(level, obs_dim)
+
+
+def goal_control(
+    space: SubgoalSpace, tolerance: float, horizon: int | None, norm: float = 2.0
+) -> ReturnControlRule:
+    """``GoalReached(tolerance) | Timeout(horizon)`` on the achieved goal of ``space`` against the
+    subgoal in the parent action."""
+    rule = GoalReached(
+        tolerance,
+        achieved=AchievedGoal(space),
+        goal=CommandedGoal(GoalSlot.parent(space.dim)),
+        norm=norm,
+    )
+    return rule if horizon is None else rule | Timeout(horizon)
+
+
+def _goal_parts(
+    name: str,
+    obs_dim: int,
+    goal_space: SubgoalSpace,
+    tolerance: float,
+    horizon: int | None,
+    reached: float,
+    not_reached: float,
+    norm: float,
+    intrinsic_reward: bool,
+) -> tuple[ReturnControlRule, Callable[[LevelStep], Tensor] | None]:
+    _check_space(name, goal_space, obs_dim)
+    _check_tolerance(name, tolerance)
+    if horizon is not None:
+        _check_positive_int(name, "horizon", horizon)
+    control = goal_control(goal_space, tolerance, horizon, norm)
+    reward = (
+        GoalReward(goal_space, tolerance, reached=reached, not_reached=not_reached, norm=norm)
+        if intrinsic_reward
+        else None
+    )
+    return control, reward
+
+
+class _CheckParentWidth(TensorDictModuleBase):
+    """Raises a clear error when the parent action is not ``[subgoal (dim), test flag]``."""
+
+    def __init__(self, name: str, width: int):
+        super().__init__()
+        self.name = name
+        self.width = width
+        self.in_keys = [PARENT_ACTION]
+        self.out_keys = []
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        got = tensordict.get(PARENT_ACTION).shape[-1]
+        if got != self.width:
+            raise ValueError(
+                f"Level {self.name!r} is goal-conditioned on a subgoal of {self.width - 1} "
+                f"components plus a test flag ({self.width} entries), but its "
+                f"'parent_action' has {got}. Put a subgoal_level with the same SubgoalSpace "
+                "above it."
+            )
+        return tensordict
+
+
+def _goal_conditioned_policy(
+    name: str, policy: TensorDictModuleBase, goal_space: SubgoalSpace
+) -> TensorDictModuleBase:
+    return TensorDictSequential(
+        _CheckParentWidth(name, goal_space.dim + 1),
+        GreedyWhenTested(policy, flag_index=goal_space.dim),
+    )
+
+
+def subgoal_level(
+    name: str,
+    obs_dim: int,
+    space: SubgoalSpace,
+    *,
+    algorithm: str = "td3",
+    test_probability: float = 0.3,
+    goal_space: SubgoalSpace | None = None,
+    tolerance: float | None = None,
+    horizon: int | None = None,
+    reached: float = 0.0,
+    not_reached: float = -1.0,
+    norm: float = 2.0,
+    reward: Callable[[LevelStep], Tensor] | None = None,
+    control: ReturnControlRule | None = None,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    noise_std: float = 0.1,
+    noise_end: float | None = None,
+    annealing_num_steps: int = 10_000,
+    obs_map: Callable[[Tensor], Tensor] | None = None,
+    obs_shape: tuple[int, ...] | int | None = None,
+    env: EnvBase | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Level, LossModule]:
+    """A level emitting subgoals in ``space`` (bounded by ``space.spec``), HAC-style.
+
+    Args:
+        name: the level's name.
+        obs_dim: size of its (mapped) observation; ``space`` must project it.
+        space: the subgoal space (achieved-goal components, bounds, absolute or relative).
+        algorithm: ``"td3"`` (``TanhDelta`` actor + Gaussian noise, ``TD3Loss``) or ``"sac"``
+            (``TanhNormal`` actor, ``SACLoss``).
+        test_probability: HAC's subgoal-testing rate lambda (0 disables testing).
+        goal_space: for a middle level of a 3+-level hierarchy: the space of the subgoals the
+            level above sets for this one; the level is then goal-conditioned like
+            :func:`goal_conditioned_level` (needs ``tolerance``; ``horizon``, ``reached``,
+            ``not_reached``, ``norm`` as there), and tested subgoals above make it greedy.
+        reward, control: override the level's reward / return-control rule.
+        env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
+            entries matching ``space``).
+        gamma, hidden, noise_std, noise_end, annealing_num_steps: learning parameters (see
+            :func:`~torchrl_hier.levels.actor_critic_head`).
+
+    Returns:
+        ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
+        it ``subgoal_transitions(...)`` of the level's transitions, not the raw ones.
+    """
+    _check_space(name, space, obs_dim)
+    if env is not None:
+        check_goal_env(env, name, space)
+    parent_dim, goal_reward = None, None
+    if goal_space is not None:
+        if tolerance is None:
+            raise ValueError(
+                f"Level {name!r} is goal-conditioned (goal_space given) and needs a positive "
+                "tolerance= for reaching its goal."
+            )
+        goal_rule, goal_reward = _goal_parts(
+            name, obs_dim, goal_space, tolerance, horizon, reached, not_reached, norm, True
+        )
+        control = goal_rule if control is None else control
+        parent_dim = goal_space.dim + 1
+    elif tolerance is not None:
+        _check_tolerance(name, tolerance)
+    policy, _, loss = actor_critic_head(
+        obs_dim,
+        space.spec,
+        algorithm=algorithm,
+        parent_dim=parent_dim,
+        goal_space=goal_space,
+        hidden=hidden,
+        gamma=gamma,
+        noise_std=noise_std,
+        noise_end=noise_end,
+        annealing_num_steps=annealing_num_steps,
+        device=device,
+    )
+    modules = [policy]
+    if space.relative:
+        modules.append(SubgoalToAbsolute(space))
+    modules.append(
+        SubgoalTestFlag(
+            test_probability, parent_flag_index=None if goal_space is None else goal_space.dim
+        )
+    )
+    policy = TensorDictSequential(*modules)
+    if goal_space is not None:
+        policy = _goal_conditioned_policy(name, policy, goal_space)
+    level = Level(
+        name,
+        policy,
+        action_spec=subgoal_action_spec(space),
+        obs_map=obs_map,
+        obs_shape=obs_shape,
+        reward=reward if reward is not None else goal_reward,
+        gamma=gamma,
+        **({} if control is None else {"control": control}),
+    )
+    return level, loss
+
+
+def goal_conditioned_level(
+    name: str,
+    obs_dim: int,
+    action_spec: TensorSpec,
+    goal_space: SubgoalSpace,
+    *,
+    tolerance: float,
+    horizon: int | None = 10,
+    algorithm: str | None = None,
+    reached: float = 0.0,
+    not_reached: float = -1.0,
+    norm: float = 2.0,
+    intrinsic_reward: bool = True,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
+    annealing_num_steps: int = 10_000,
+    noise_std: float = 0.1,
+    noise_end: float | None = None,
+    obs_map: Callable[[Tensor], Tensor] | None = None,
+    obs_shape: tuple[int, ...] | int | None = None,
+    lowest: bool = True,
+    env: EnvBase | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Level, LossModule]:
+    """A level pursuing the subgoal of the subgoal level above it.
+
+    Its networks read the observation and ``goal - achieved(observation)``; it is rewarded by
+    ``GoalReward`` (``not_reached`` per step, ``reached`` on the step that reaches the subgoal
+    within ``tolerance``; ``intrinsic_reward=False`` keeps the env reward) and hands control
+    back on ``GoalReached(tolerance) | Timeout(horizon)``. While the subgoal is tested it acts
+    greedily.
+
+    Args:
+        action_spec: what it emits: the env's unbatched action spec for the lowest level
+            (``Categorical``/``OneHot``: DQN; ``Bounded``: TD3 or SAC).
+        goal_space: the subgoal space of the level above (its projection gives the achieved
+            goal of this level's observation).
+        tolerance: positive distance under which the subgoal counts as reached.
+        horizon: HAC's H, in this level's steps (``None``: only reaching ends a subgoal).
+        algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
+        lowest: True when it emits the env action.
+        env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
+            entries matching ``goal_space``).
+
+    Returns:
+        ``(level, loss)``; feed the loss ``HindsightGoals(...)`` of its transitions, which sets
+        the goal reward and marks reaching the subgoal as terminal (and relabels goals).
+    """
+    control, reward = _goal_parts(
+        name, obs_dim, goal_space, tolerance, horizon, reached, not_reached, norm,
+        intrinsic_reward,
+    )
+    if env is not None:
+        check_goal_env(env, name, goal_space)
+    parent_dim = goal_space.dim + 1
+    if isinstance(action_spec, (Categorical, OneHot)):
+        if algorithm not in (None, "dqn"):
+            raise ValueError(
+                f"Level {name!r}: discrete actions ({type(action_spec).__name__}) use "
+                f"algorithm='dqn', got {algorithm!r}."
+            )
+        policy, _, loss = dqn_head(
+            obs_dim, action_spec, parent_dim=parent_dim, goal_space=goal_space, hidden=hidden,
+            gamma=gamma, eps_init=eps_init, eps_end=eps_end,
+            annealing_num_steps=annealing_num_steps, device=device,
+        )
+    elif isinstance(action_spec, Bounded):
+        policy, _, loss = actor_critic_head(
+            obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
+            goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
+            noise_end=noise_end, annealing_num_steps=annealing_num_steps, device=device,
+        )
+    else:
+        raise TypeError(
+            f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
+            f"got {type(action_spec).__name__}."
+        )
+    level = Level(
+        name,
+        _goal_conditioned_policy(name, policy, goal_space),
+        action_spec=None if lowest else action_spec,
+        obs_map=obs_map,
+        obs_shape=obs_shape,
+        reward=reward,
+        control=control,
+        gamma=gamma,
+    )
+    return level, loss
