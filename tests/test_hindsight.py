@@ -343,3 +343,14 @@ def test_goal_reward_matches_engine_rewards_of_a_goal_conditioned_level():
     assert data.shape[0] > 0
     recomputed = HindsightGoals(GoalReward(space, 0.05), k=0, gamma=low.gamma, terminate=False)(data)
     assert torch.equal(recomputed["next", "reward"], data["next", "reward"])
+
+
+def test_empty_inputs_pass_through():
+    """The first collector batches may release no finished episode: every step copes."""
+    space, td = subgoal_transitions_td()
+    empty = td[:0]
+    assert HindsightGoals(goal_reward(), k=3)(empty).shape == (0,)
+    out = subgoal_transitions(empty, space, tolerance=0.5, penalty=-1.0,
+                              goals=HindsightGoals(goal_reward(), k=2))
+    assert out.shape == (0,) and out["action"].shape == (0, 1)
+    assert EpisodeBuffer().add(empty, torch.zeros(0, dtype=torch.long)).shape == (0,)

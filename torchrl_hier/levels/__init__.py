@@ -1,5 +1,26 @@
 """Ready-made levels: options (DQN / discrete SAC), subgoals (TD3 / SAC) with HAC's hindsight,
-goal-conditioned levels, and random/constant levels for tests and baselines."""
+goal-conditioned levels, and random/constant levels for tests and baselines.
+
+Every factory returns ``(level, loss)``: the loss's networks are those the level's policy runs.
+A two-level HAC on a goal-conditioned task, fed per level with whole episodes::
+
+    space = SubgoalSpace((0, 1), low=0.0, high=1.0)            # subgoal = agent position
+    top, top_loss = subgoal_level("subgoal", 4, space, test_probability=0.3)
+    low, low_loss = goal_conditioned_level("primitive", 4, env.action_spec_unbatched, space,
+                                           tolerance=0.05, horizon=8)
+    hier = Hierarchy([top, low], env)
+    episodes = LevelEpisodes(hier)
+    her = HindsightGoals(GoalReward(space, 0.05), gamma=low.gamma, k=4)
+    for batch in Collector(TransformedEnv(env, hier.transform), hier.policy, ...):
+        ready = episodes.add(batch)
+        low_learner.extend(her(ready["primitive"]))
+        top_learner.extend(subgoal_transitions(ready["subgoal"], space, tolerance=0.05,
+                                               penalty=-8.0))
+
+Options: ``option_level(name, obs_dim, K)`` above ``option_conditioned_level(name, obs_dim, K,
+env.action_spec_unbatched, timeout=H, termination=OptionTermination(obs_dim, K))``; their
+transitions feed their losses directly.
+"""
 
 from torchrl_hier.levels.basic import ConstantPolicy, SpecRandomPolicy, constant_level, random_level
 from torchrl_hier.levels.goals import (
