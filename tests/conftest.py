@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import sys
 
+import torch
 from hypothesis import Phase, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# The networks in the tests are tiny: one thread avoids oversubscribing CI's 2 cores.
+torch.set_num_threads(1)
 
 # CI runs the same examples every time; HYPOTHESIS_PROFILE=explore searches afresh, and
 # HYPOTHESIS_PROFILE=quick skips shrinking (fast red/green while changing the engine).

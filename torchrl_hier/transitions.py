@@ -72,5 +72,6 @@ def level_transitions(
             data[PARENT_ACTION] = parent_action
             data["next"][PARENT_ACTION] = parent_action
         level_batch = TensorDict(data, batch_size=batch.batch_size, device=batch.device)
-        out[level.name] = level_batch[completed[..., i]]
+        # Transitions are data: a rollout run with grad enabled must not leak its graph.
+        out[level.name] = level_batch[completed[..., i]].detach()
     return out
