@@ -104,7 +104,7 @@ def test_lowest_action_spec_with_other_number_of_actions(env):
 def test_policy_that_does_not_write_action(env):
     net = MLP(in_features=OBS_DIM, out_features=2, num_cells=[8])
     top = Level("top", TensorDictModule(net, in_keys=["observation"], out_keys=["act"]), action_spec=Unbounded(2))
-    with pytest.raises(KeyError, match=r"Level 'top'.*did not write 'action'.*\['act'.*Set its out_keys"):
+    with pytest.raises(KeyError, match=r"Level 'top'.*did not write 'action'.*\['act'.*Set the policy's out_keys"):
         Hierarchy([top, lowest()], env)
 
 

@@ -82,6 +82,11 @@ def level_input(
 
 def _act(level: Level, level_obs: Tensor, parent_action: Tensor | None, td: TensorDictBase) -> Tensor:
     out = level.policy(level_input(level_obs, parent_action, td.batch_size, td.device))
+    return written_action(level, out)
+
+
+def written_action(level: Level, out: TensorDictBase) -> Tensor:
+    """The action a level's policy wrote, or an error saying how to make it write one."""
     action = out.get(ACTION, None)
     if action is None:
         raise KeyError(

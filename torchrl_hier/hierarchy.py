@@ -21,6 +21,7 @@ from torchrl_hier._passes import (
     pending_action_key,
     reset_state,
     start_observation_key,
+    written_action,
 )
 from torchrl_hier.level import ACTION, Level
 from torchrl_hier.transitions import level_transitions
@@ -268,13 +269,7 @@ class Hierarchy:
                     f"{tuple(level_obs.shape)}{where}: {err}. Make the spec of the level above "
                     "match what this policy reads, or fix this policy's in_keys/input size."
                 ) from err
-            action = out.get(ACTION, None)
-            if action is None:
-                raise KeyError(
-                    f"Level {level.name!r}: its policy did not write {ACTION!r} (it wrote "
-                    f"{sorted(map(str, out.keys(True, True)))}). Set its out_keys to write "
-                    f"{ACTION!r}."
-                )
+            action = written_action(level, out)
             expected = action_spec.zero(batch_size) if i < lowest else action_spec.zero()
             if action.shape != expected.shape or action.dtype != expected.dtype:
                 raise ValueError(
