@@ -112,8 +112,7 @@ def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> 
 
     Writes the env action and the pending actions / start observations of the higher levels.
     """
-    # A shallow copy: the nested state may be shared with the previous step's "next" entry.
-    state = _state(td).copy()
+    state = _state(td)
     completed = state.get("completed")
     obs = td.get(keys.observation)
     parent_action = None
@@ -127,7 +126,6 @@ def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> 
         carried.set(OBSERVATION, _where(choose, level_obs, carried.get(OBSERVATION)))
     lowest = levels[-1]
     td.set(keys.action, _act(lowest, lowest.map_observation(obs), parent_action, td))
-    td.set(STATE, state)
     return td
 
 
