@@ -76,7 +76,9 @@ class HierarchyLearner(Mapping[str, LevelLearner]):
         per_level = dict(per_level or {})
         unknown = sorted((set(losses) | set(per_level)) - set(hierarchy.names))
         if unknown:
-            raise KeyError(f"No level named {unknown} in the hierarchy (levels: {hierarchy.names}).")
+            raise KeyError(
+                f"No level named {unknown} in the hierarchy (levels: {hierarchy.names})."
+            )
         levels = {level.name: level for level in hierarchy.levels}
         learners = {
             name: LevelLearner(loss, level=levels[name], **{**common, **per_level.get(name, {})})
@@ -89,7 +91,9 @@ class HierarchyLearner(Mapping[str, LevelLearner]):
         unknown = sorted((set(self.learners) | self.frozen) - set(names))
         if unknown:
             raise KeyError(f"No level named {unknown} in the hierarchy (levels: {names}).")
-        untrained = [name for name in names if name not in self.learners and name not in self.frozen]
+        untrained = [
+            name for name in names if name not in self.learners and name not in self.frozen
+        ]
         if untrained:
             raise ValueError(
                 f"Levels {untrained} have no learner. Give them one, or list them in frozen= if "
@@ -122,7 +126,8 @@ class HierarchyLearner(Mapping[str, LevelLearner]):
                 learner.extend(data)
 
     def update(self) -> dict[str, dict[str, float]]:
-        """Updates every level; returns ``{level name: its mean losses}`` for levels that stepped."""
+        """Updates every level; returns ``{level name: its mean losses}`` for the levels that
+        took gradient steps."""
         out = {}
         for name, learner in self.learners.items():
             logs = learner.update()

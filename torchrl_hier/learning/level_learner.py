@@ -114,7 +114,9 @@ class LevelLearner:
                 f"got {type(loss).__name__}."
             )
         if not (isinstance(warmup, int) and warmup >= 0):
-            raise ValueError(f"warmup must be an int >= 0 (transitions of this level), got {warmup!r}.")
+            raise ValueError(
+                f"warmup must be an int >= 0 (transitions of this level), got {warmup!r}."
+            )
         if not update_ratio > 0:
             raise ValueError(
                 f"update_ratio must be > 0 (gradient steps per transition), got {update_ratio!r}."
@@ -251,7 +253,9 @@ class LevelLearner:
                 raise ValueError(f"tau must be in (0, 0.5] for soft target updates, got {tau}.")
             return SoftUpdate(self.loss, tau=tau)
         if not (isinstance(period, int) and period > 0):
-            raise ValueError(f"period must be a positive int for hard target updates, got {period!r}.")
+            raise ValueError(
+                f"period must be a positive int for hard target updates, got {period!r}."
+            )
         return HardUpdate(self.loss, value_network_update_interval=period)
 
     # ----------------------------------------------------------------------------- keys
@@ -405,7 +409,9 @@ class LevelLearner:
             "gamma": self.gamma,
             "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "target_update": None if self.target_updater is None else self.target_updater.state_dict(),
+            "target_update": (
+                None if self.target_updater is None else self.target_updater.state_dict()
+            ),
             "n_transitions": self.n_transitions,
             "n_updates": self.n_updates,
             "schema": None if self._schema is None else sorted(self._schema, key=str),
