@@ -43,15 +43,6 @@ from torchrl_hier.levels import random_level
 OBS, N_ACT, ACT_DIM, GAMMA = 3, 4, 2, 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks: torch's intra-op threads only contend on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- networks
 def mlp(i: int, o: int) -> MLP:
     return MLP(in_features=i, out_features=o, num_cells=[16], activation_class=nn.ReLU)
