@@ -1,0 +1,171 @@
+"""The HAM's env transform: per choice point, accumulates reward and τ between choices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import Binary, Categorical, Composite, Unbounded
+from torchrl.envs import Transform
+
+from torchrl_hier.ham import _keys as K
+
+if TYPE_CHECKING:
+    from torchrl_hier.ham.ham import HAM
+
+__all__ = ["HAMTransform"]
+
+
+class HAMTransform(Transform):
+    """After each env step, and batched over instances: for every choice point, restarts its
+    discounted return and τ where the policy made a choice of it in this step, adds the step's
+    reward (times ``gamma**k``), and remembers the joint state and choice of its last choice.
+
+    All of it is carried as TensorDict entries (declared in the observation spec, initialised
+    on reset), so collectors keep them; ``("ham", "restart")`` tells the policy which
+    instances' episodes were just reset.
+    """
+
+    def __init__(self, ham: HAM):
+        super().__init__(in_keys=[], out_keys=[])
+        self.ham = ham
+        self.points = list(ham.choice_points.values())
+        self.register_buffer(
+            "gammas", torch.tensor([p.gamma for p in self.points], dtype=torch.float64)
+        )
+        self._initial: TensorDictBase | None = None
+
+    def state_spec(self, batch_size: torch.Size, device) -> Composite:
+        """Spec of the ``"ham"`` entries for an env of batch shape ``batch_size``."""
+        ham, b = self.ham, tuple(batch_size)
+        c = len(self.points)
+        per_point = {}
+        for point in self.points:
+            shape, dtype = point.mapped_observation
+            entry = {
+                K.OBSERVATION: Unbounded((*b, *shape), dtype=dtype),
+                K.STACK: Unbounded((*b, ham.max_depth), dtype=torch.int64),
+                K.CHOICE: Unbounded((*b, *point.spec.shape), dtype=point.spec.dtype),
+                K.N: Unbounded(b, dtype=torch.int64),
+            }
+            if point.args_spec is not None:
+                entry[K.ARGS] = Unbounded((*b, *point.args_spec.shape), dtype=point.args_spec.dtype)
+            per_point[point.name] = Composite(entry, shape=b)
+        return Composite(
+            {
+                "restart": Categorical(2, b, dtype=torch.bool),
+                "steps": Unbounded((*b, c), dtype=torch.int64),
+                "return": Unbounded((*b, c), dtype=self.ham.reward_dtype),
+                "pending": Binary(c, (*b, c), dtype=torch.bool) if c else Unbounded((*b, 0), dtype=torch.bool),
+                **per_point,
+            },
+            shape=b,
+            device=device,
+        )
+
+    def initial_state(self, batch_size: torch.Size, device) -> TensorDictBase:
+        cached = self._initial
+        if cached is None or cached.batch_size != batch_size or cached.device != device:
+            cached = self.state_spec(batch_size, device).zero()
+            cached.get("restart").fill_(True)
+            self._initial = cached
+        return cached.clone()
+
+    def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        observation_spec[K.STATE] = self.state_spec(observation_spec.shape, observation_spec.device)
+        return observation_spec
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        batch = tensordict_reset.batch_size
+        state = self.initial_state(batch, tensordict_reset.device)
+        if tensordict is not None:
+            reset_key = self.parent.reset_keys[0] if self.parent is not None else "_reset"
+            reset = tensordict.get(reset_key, None)
+            previous = tensordict.get(K.STATE, None)
+            if reset is not None and previous is not None:
+                previous = previous.select(*state.keys(True, True), strict=False)
+                if set(previous.keys(True, True)) == set(state.keys(True, True)):
+                    state = state.where(reset.reshape(batch), previous)
+                    for point in self.points:
+                        state.get(point.name).get(K.N).zero_()
+        tensordict_reset.set(K.STATE, state)
+        return tensordict_reset
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        ham = self.ham
+        state = tensordict.get(K.STATE, None)
+        if state is None:
+            raise KeyError(
+                f"The HAM state {K.STATE!r} is missing from the TensorDict; was the env reset "
+                "through this transform?"
+            )
+        batch = tensordict.batch_size
+        nb = len(batch)
+        reward = next_tensordict.get(ham.reward_key).reshape(*batch, 1)
+        counts = [state.get((p.name, K.N), None) for p in self.points]
+        zeros = torch.zeros(batch, dtype=torch.int64, device=reward.device)
+        counts = [zeros if n is None else n for n in counts]
+        if counts:
+            chose = torch.stack(counts, -1) > 0
+        else:
+            chose = torch.zeros(*batch, 0, dtype=torch.bool, device=reward.device)
+        pending = state.get("pending") | chose
+        steps = (state.get("steps").masked_fill(chose, 0) + 1).masked_fill(~pending, 0)
+        discount = self.gammas.to(reward.device).pow(steps - 1).to(reward.dtype)
+        returns = (state.get("return").masked_fill(chose, 0) + discount * reward).masked_fill(
+            ~pending, 0
+        ).to(ham.reward_dtype)
+        observation = tensordict.get(ham.observation_key)
+        per_point = {}
+        for i, point in enumerate(self.points):
+            carried = state.get(point.name)
+            count = counts[i]
+            made = count > 0
+            last = (count - 1).clamp_min(0)
+            entry = {
+                K.OBSERVATION: _where(
+                    made, point.map_observation(observation), carried.get(K.OBSERVATION)
+                ),
+                K.N: torch.zeros_like(count),
+            }
+            for leaf, event in ((K.STACK, K.EVENT_STACK), (K.CHOICE, K.EVENT_CHOICE), (K.ARGS, K.EVENT_ARGS)):
+                if leaf == K.ARGS and point.args_spec is None:
+                    continue
+                old = carried.get(leaf)
+                events = state.get((point.name, event), None)
+                entry[leaf] = old if events is None else _where(made, _at_slot(events, last, nb), old)
+            per_point[point.name] = TensorDict(entry, batch_size=batch)
+        next_tensordict.set(
+            K.STATE,
+            TensorDict(
+                {
+                    "restart": torch.zeros(batch, dtype=torch.bool, device=reward.device),
+                    "steps": steps,
+                    "return": returns,
+                    "pending": pending,
+                    **per_point,
+                },
+                batch_size=batch,
+                device=next_tensordict.device,
+            ),
+        )
+        return next_tensordict
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        raise RuntimeError(
+            "HAMTransform works inside an env (TransformedEnv(env, ham.transform)); it has no "
+            "meaning on replay-buffer data. Use ham.transitions(batch)."
+        )
+
+
+def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    return torch.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
+
+
+def _at_slot(events: Tensor, slot: Tensor, nb: int) -> Tensor:
+    """``events[..., slot, ...]`` per instance: events is ``[*B, K, *rest]``, slot ``[*B]``."""
+    rest = events.shape[nb + 1:]
+    index = slot.reshape(*slot.shape, 1, *([1] * len(rest))).expand(*slot.shape, 1, *rest)
+    return torch.gather(events, nb, index).squeeze(nb)
