@@ -27,7 +27,12 @@ def _load_builder():
 def test_tutorials_are_found():
     """The parametrized test below would silently run nothing if the glob found nothing."""
     names = {path.stem for path in NOTEBOOKS}
-    expected = {"01_first_hierarchy", "02_training_levels", "03_layeredrl_api"}
+    expected = {
+        "01_first_hierarchy",
+        "02_training_levels",
+        "03_layeredrl_api",
+        "04_subgoals_and_hindsight",
+    }
     assert expected <= names, f"missing tutorials: {sorted(expected - names)}"
 
 

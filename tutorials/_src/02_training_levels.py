@@ -29,12 +29,13 @@
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector  # SyncDataCollector before TorchRL 0.14
 from torchrl.data import Categorical
 from torchrl.envs import ExplorationType, TransformedEnv, set_exploration_type
 from torchrl.modules import MLP, EGreedyModule, QValueActor
-from tensordict.nn import TensorDictSequential
 from torchrl.objectives import DQNLoss
 
 from torchrl_hier import Hierarchy, Level, ModuleRule, Timeout
@@ -50,6 +51,7 @@ MAX_STEPS = 30  # per episode
 HORIZON = 3  # walker steps per option, at most
 device = torch.device("cpu")
 torch.manual_seed(SEED)
+torch.set_num_threads(1)  # small networks: more threads only contend
 
 # %% [markdown]
 # ## The maze
@@ -314,8 +316,6 @@ plt.show()
 # two random levels.
 
 # %%
-from tensordict import TensorDict
-
 with torch.no_grad():
     cells_obs = torch.cat([free.float() / env.scale, torch.zeros_like(free, dtype=torch.float)], -1)
     greedy = nav_q(TensorDict(observation=agent_cell_one_hot(cells_obs), batch_size=[len(free)]))
