@@ -135,6 +135,11 @@ class HierarchyTransform(Transform):
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase):
         return backward_pass(tensordict, next_tensordict, self.levels, self.keys, self.gammas)
 
+    def inv(self, tensordict: TensorDictBase) -> TensorDictBase:
+        # Nothing to invert, and the backward pass never writes into its input: skip the
+        # defensive shallow copy Transform.inv makes on every env step.
+        return tensordict
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         raise RuntimeError(
             "HierarchyTransform works inside an env (TransformedEnv(env, hierarchy.transform)); "
