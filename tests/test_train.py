@@ -1,0 +1,320 @@
+"""The Hydra training entry point, checkpoints/resume, evaluation and bad input.
+
+Runs ``torchrl_hier.train.train`` in-process on configs composed with Hydra's compose API
+(tiny budgets: a few hundred frames), plus two subprocess runs of the real command line
+(an unknown key, a ``-m`` multirun over two seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+from PIL import Image
+
+from torchrl_hier.evaluate import evaluate_checkpoint
+from torchrl_hier.experiment import (
+    CheckpointError,
+    ConfigError,
+    build_experiment,
+    load_checkpoint,
+    make_collector,
+)
+from torchrl_hier.levels import exploration_modules
+from torchrl_hier.train import train, unknown_key_messages
+
+FAST = [
+    "task.n_envs=4",
+    "collector.frames_per_batch=64",
+    "total_frames=256",
+    "eval.episodes=4",
+    "eval.every_frames=128",
+    "checkpoint.every_frames=128",
+    "progress=false",
+]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_module("torchrl_hier.conf", version_base=None):
+        return compose("config", overrides=overrides)
+
+
+def tiny(overrides: list[str], run_dir: Path, max_steps: int | None = 20):
+    """A config for a run of a few hundred frames in which every level learns: short
+    episodes (so hindsight levels get whole episodes), small warm-ups and batches."""
+    cfg = compose_cfg([*FAST, *overrides, f"run_dir={run_dir}"])
+    OmegaConf.set_struct(cfg, False)
+    if max_steps is not None and cfg.task.name.split("-")[0] in ("GridMaze", "PointMaze"):
+        cfg.task.kwargs.max_steps = max_steps
+    for level in cfg.hierarchy.levels.values():
+        level.learner.warmup = 4
+        level.learner.batch_size = 8
+        level.learner.update_ratio = max(level.learner.update_ratio, 0.1)
+    return cfg
+
+
+def read_csv(path: Path) -> list[tuple[float, float]]:
+    return [tuple(map(float, row.split(","))) for row in path.read_text().splitlines() if row]
+
+
+# ----------------------------------------------------------------------------- each group
+@pytest.mark.parametrize(
+    "task, hierarchy",
+    [
+        ("GridMaze-FourRooms", "flat"),
+        ("GridMaze-FourRooms", "options"),
+        ("GridMaze-FourRooms", "subgoals"),
+        ("GridMaze-FourRooms", "three_level"),
+        ("GridMaze-FourRooms", "three_level_options"),
+        ("PointMaze-UMaze", "subgoals"),
+        ("PointMaze-UMaze", "options"),
+        ("CartPole-v1", "flat"),
+    ],
+)
+def test_each_hierarchy_trains_logs_and_checkpoints(tmp_path, task, hierarchy):
+    cfg = tiny([f"task={task}", f"hierarchy={hierarchy}"], tmp_path)
+    summary = train(cfg)
+    names = list(cfg.hierarchy.levels)
+    assert summary["frames"] == 256
+    assert summary["levels_order"] == names
+    for name in names:
+        level = summary["levels"][name]
+        assert level["transitions"] > 0, name
+        assert level["updates"] > 0, f"level {name} never learned"
+        rows = read_csv(tmp_path / "logs" / "scalars" / "level" / name / "transitions.csv")
+        assert [step for step, _ in rows] == [64.0 * i for i in range(1, 5)]
+        assert rows[-1][1] == level["transitions"]
+        losses = list((tmp_path / "logs" / "scalars" / "level" / name).glob("loss*.csv"))
+        assert losses, f"no loss logged for level {name}"
+    for scalar in ("time/fps", "train/episodes", "eval/return"):
+        assert (tmp_path / "logs" / "scalars" / f"{scalar}.csv").is_file()
+    ckpt, _ = load_checkpoint(tmp_path)
+    assert ckpt["frames"] == 256
+    assert sorted(ckpt["learners"]) == sorted(names)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["frames"] == 256 and on_disk["hierarchy"] == hierarchy
+    assert "| frames | 256 |" in (tmp_path / "summary.md").read_text()
+    if task.startswith("GridMaze"):
+        assert (tmp_path / "logs" / "scalars" / "train" / "success_rate.csv").is_file()
+        assert 0.0 <= summary["eval"]["success_rate"] <= 1.0
+        assert 0.0 <= summary["baseline_exploring"]["success_rate"] <= 1.0
+        evals = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "eval" / "success_rate.csv")]
+        assert evals == [0.0, 128.0, 256.0, 256.0]  # at the start, every 128 frames, at the end
+    else:
+        assert summary["eval"]["success_rate"] is None or task.startswith("PointMaze")
+
+
+# ----------------------------------------------------------------------------- resume
+def _first_run(tmp_path: Path):
+    cfg = tiny(["hierarchy=options"], tmp_path)
+    return cfg, train(cfg)
+
+
+def test_resume_continues_from_the_checkpoint_frame_count(tmp_path):
+    cfg, first = _first_run(tmp_path)
+    ckpt, _ = load_checkpoint(tmp_path)
+    updates = {name: state["n_updates"] for name, state in ckpt["learners"].items()}
+    # resume with only the new budget: everything else comes from the checkpoint's config
+    fresh = compose_cfg([f"resume={tmp_path}", "total_frames=512", "progress=false"])
+    summary = train(fresh, overrides=[f"resume={tmp_path}", "total_frames=512", "progress=false"])
+    assert summary["resumed_from_frames"] == 256
+    assert summary["frames"] == 512
+    assert summary["run_dir"] == str(tmp_path)
+    assert summary["task"] == cfg.task.name  # not re-read from the defaults
+    resumed, _ = load_checkpoint(tmp_path)
+    assert resumed["frames"] == 512
+    assert resumed["config"]["task"]["n_envs"] == 4  # the checkpoint's config was kept
+    for name, state in resumed["learners"].items():
+        assert state["n_updates"] > updates[name]
+        assert state["n_transitions"] > ckpt["learners"][name]["n_transitions"]
+    frames = [row["frames"] for row in resumed["history"] if "fps" in row]  # batch rows
+    assert frames == [64 * i for i in range(1, 9)]  # the first run's rows, then 320, 384, ...
+    steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 512
+
+
+def test_resume_after_a_stop_drops_logs_past_the_checkpoint(tmp_path):
+    cfg = tiny(["hierarchy=flat", "total_frames=384"], tmp_path)
+    train(cfg)
+    # as if the run had stopped after the 256-frame checkpoint, having logged up to 384
+    ckpt_dir = tmp_path / "checkpoints"
+    (ckpt_dir / "checkpoint_0000000256.pt").replace(ckpt_dir / "last.pt")
+    summary = train(compose_cfg([f"resume={tmp_path}", "progress=false"]), overrides=[f"resume={tmp_path}"])
+    assert summary["resumed_from_frames"] == 256 and summary["frames"] == 384
+    steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
+    assert steps == [64.0 * i for i in range(1, 7)]
+
+
+def test_resume_errors_name_the_file_and_the_field(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(CheckpointError, match=r"nowhere.*does not exist"):
+        train(compose_cfg([f"resume={missing}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty.*checkpoints/last\.pt"):
+        train(compose_cfg([f"resume={tmp_path / 'empty'}"]))
+    run = tmp_path / "run"
+    _first_run(run)
+    last = run / "checkpoints" / "last.pt"
+    # a structural override that differs from the checkpoint
+    overrides = [f"resume={run}", "hierarchy=flat"]
+    with pytest.raises(CheckpointError, match=r"last\.pt: field config\.hierarchy "):
+        train(compose_cfg(overrides), overrides=overrides)
+    overrides = [f"resume={run}", "hierarchy.levels.option.n_options=3"]
+    with pytest.raises(CheckpointError, match=r"field config\.hierarchy\.levels\.option\.n_options"):
+        train(compose_cfg(overrides), overrides=overrides)
+    # parameters that do not fit the config's hierarchy
+    state = torch.load(last, weights_only=False)
+    key = next(k for k in state["policy"] if k.endswith("weight"))
+    state["policy"][key] = torch.zeros(3, 3)
+    bad = tmp_path / "bad_policy.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"(?s)bad_policy\.pt: field 'policy'.*size mismatch"):
+        train(compose_cfg([f"resume={bad}"]))
+    # a field missing altogether
+    del state["learners"]
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"bad_policy\.pt lacks field\(s\) \['learners'\]"):
+        train(compose_cfg([f"resume={bad}"]))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pt could not be read"):
+        evaluate_checkpoint(tmp_path / "junk.pt", episodes=2)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_evaluate_runs_deterministic_episodes_and_writes_a_gif(tmp_path):
+    _first_run(tmp_path)
+    report = evaluate_checkpoint(tmp_path, episodes=6, gif=True, progress=False, seed=3)
+    assert report["episodes"] == 6 and report["frames"] == 256
+    assert 0.0 <= report["success_rate"] <= 1.0
+    assert report["finished"] == 6  # every GridMaze episode ends within max_steps
+    again = evaluate_checkpoint(tmp_path / "checkpoints" / "last.pt", episodes=6, progress=False, seed=3)
+    for key in ("success_rate", "return_mean", "length_mean"):
+        assert again[key] == report[key]  # exploration off: the same episodes
+    assert report["gif_frames"] >= 2  # the start, then one frame per step
+    gif = Image.open(report["gif"])
+    assert gif.format == "GIF" and gif.size[0] > 50
+    assert json.loads((tmp_path / "eval.json").read_text())["episodes"] == 6
+
+
+def test_evaluate_without_a_renderer_says_so(tmp_path):
+    cfg = tiny(["task=CartPole-v1", "hierarchy=flat", "total_frames=64", "eval.episodes=0"], tmp_path)
+    train(cfg)
+    with pytest.raises(ConfigError, match="cannot render"):
+        evaluate_checkpoint(tmp_path, episodes=2, gif=True, progress=False)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_unknown_group_choice_lists_the_choices():
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg(["hierarchy=nope"])
+    message = str(err.value)
+    assert "Available options in 'hierarchy'" in message
+    for choice in ("flat", "options", "subgoals", "three_level"):
+        assert choice in message
+
+
+def test_unknown_key_lists_the_valid_keys():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["totl_frames=3"])
+    (message,) = unknown_key_messages(["totl_frames=3"])
+    assert "Did you mean total_frames" in message and "'seed'" in message
+    (message,) = unknown_key_messages(["hierarchy=subgoals", "hierarchy.levels.subgoal.lrn=1"])
+    assert "hierarchy.levels.subgoal has no 'lrn'" in message and "'learner'" in message
+    assert unknown_key_messages(["seed=3", "hierarchy=flat", "+extra=1"]) == []
+
+
+def _run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "torchrl_hier.train", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def test_cli_unknown_key_gets_hydra_error_and_valid_keys(tmp_path):
+    result = _run_cli(["totl_frames=10"], tmp_path)
+    assert result.returncode != 0
+    assert "Could not override 'totl_frames'" in result.stderr  # Hydra's own error
+    assert "Did you mean total_frames" in result.stderr  # plus the valid keys
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_devices_fail_before_any_work(tmp_path):
+    for device, match in (("foo", "not a device torch knows"), ("cuda:99", "cuda")):
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
+            continue
+        run = tmp_path / device
+        with pytest.raises(ConfigError, match=match):
+            train(compose_cfg([f"device={device}", f"run_dir={run}"]))
+        assert not run.exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+            train(compose_cfg(["device=cuda", f"run_dir={tmp_path / 'cuda'}"]))
+
+
+def test_bad_config_values_name_the_key(tmp_path):
+    cfg = compose_cfg(["hierarchy.levels.primitive.algorithm=td3", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"hierarchy\.levels\.primitive\.algorithm='td3'.*\['dqn'\]"):
+        train(cfg)
+    cfg = compose_cfg(["task=CartPole-v1", "hierarchy=subgoals", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"hierarchy\.levels\.subgoal needs subgoals.*no 'goal' block"):
+        train(cfg)
+    cfg = compose_cfg(["collector=multi_sync", "collector.num_workers=3", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"task\.n_envs=64 must be a multiple of collector\.num_workers=3"):
+        train(cfg)
+
+
+def test_tensorboard_logger_needs_tensorboard(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    run = tmp_path / "tb"
+    with pytest.raises(ConfigError, match="tensorboard package, which is not installed"):
+        train(compose_cfg(["logger=tensorboard", f"run_dir={run}"]))
+    assert not run.exists()
+
+
+# ----------------------------------------------------------------------------- processes
+def test_multirun_over_two_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m", "seed=0,1", "hierarchy=flat", *[a for a in FAST if not a.startswith("total")],
+        "total_frames=128", "task.kwargs.max_steps=20", f"hydra.sweep.dir={sweep}",
+    ]
+    result = _run_cli(args, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/summary.json"))
+    assert summaries == [0, 1]
+
+
+@pytest.mark.slow  # spawns worker processes twice (~40 s on 2 busy cores)
+def test_multi_sync_collector(tmp_path):
+    cfg = tiny(["hierarchy=options", "collector=multi_sync", "collector.num_workers=2"], tmp_path)
+    summary = train(cfg)
+    assert summary["frames"] == 256 and summary["collector"] == "multi_sync"
+    assert all(level["updates"] > 0 for level in summary["levels"].values())
+    # the workers act with the weights (and exploration state) of the main process's policy
+    exp = build_experiment(tiny(["hierarchy=flat", "collector=multi_sync"], tmp_path / "sync"))
+    collector = make_collector(exp.cfg, exp, total_frames=64 * 3)
+    batches = iter(collector)
+    assert next(batches)["action"].unique().numel() > 1  # epsilon = 1: random moves
+    policy = exp.hierarchy.levels[0].policy
+    with torch.no_grad():
+        last = [m for m in policy.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+        for module in exploration_modules(policy):
+            module.eps.fill_(0.0)
+    collector.update_policy_weights_()
+    assert next(batches)["action"].unique().tolist() == [2]
+    collector.shutdown()

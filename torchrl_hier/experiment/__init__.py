@@ -1,0 +1,50 @@
+"""Experiments from configs: builders (env, hierarchy, learners, transition pipeline,
+collector), checkpoints and end-of-run reports, shared by ``torchrl_hier.train`` and
+``torchrl_hier.evaluate``."""
+
+from torchrl_hier.experiment.builders import (
+    COLLECTORS,
+    KINDS,
+    ConfigError,
+    Experiment,
+    TransitionPipeline,
+    build_experiment,
+    build_levels,
+    episode_stats,
+    make_collector,
+    make_task_env,
+    resolve_device,
+)
+from torchrl_hier.experiment.checkpoint import (
+    CheckpointError,
+    checkpoint_file,
+    load_checkpoint,
+    restore_policy,
+    restore_training,
+    resume_config,
+    save_checkpoint,
+)
+from torchrl_hier.experiment.report import plot_learning_curve, write_summary
+
+__all__ = [
+    "COLLECTORS",
+    "KINDS",
+    "ConfigError",
+    "Experiment",
+    "TransitionPipeline",
+    "build_experiment",
+    "build_levels",
+    "episode_stats",
+    "make_collector",
+    "make_task_env",
+    "resolve_device",
+    "CheckpointError",
+    "checkpoint_file",
+    "load_checkpoint",
+    "restore_policy",
+    "restore_training",
+    "resume_config",
+    "save_checkpoint",
+    "plot_learning_curve",
+    "write_summary",
+]

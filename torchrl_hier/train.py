@@ -1,0 +1,407 @@
+"""Trains a hierarchy with Hydra: ``python -m torchrl_hier.train [group=choice] [key=value ...]``.
+
+Config groups (``torchrl_hier/conf``): ``task`` (built-in tasks and gymnasium ids),
+``hierarchy`` (flat, options, subgoals, three_level, three_level_options), ``collector``
+(``sync``: TorchRL's ``Collector``, ex-``SyncDataCollector``; ``multi_sync``:
+``MultiSyncCollector``, ex-``MultiSyncDataCollector``, with ``collector.num_workers``) and
+``logger`` (csv, tensorboard). Every value is overridable the Hydra way
+(``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000``), and ``-m seed=0,1,2``
+sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
+``checkpoint.every_frames`` frames, ``learning_curve.png`` and ``summary.json``/``summary.md``;
+``resume=<run dir>`` continues a stopped run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchrl.record.loggers import Logger
+from tqdm.auto import tqdm
+
+from torchrl_hier.evaluate import record_gif, run_episodes
+from torchrl_hier.experiment.builders import (
+    ConfigError,
+    build_experiment,
+    episode_stats,
+    make_collector,
+    resolve_device,
+)
+from torchrl_hier.experiment.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_training,
+    resume_config,
+    save_checkpoint,
+)
+from torchrl_hier.experiment.report import plot_learning_curve, window_rate, write_summary
+from torchrl_hier.levels import exploration_modules
+
+__all__ = ["train", "main", "cli", "make_logger", "unknown_key_messages", "GROUPS"]
+
+#: The config groups of ``conf/config.yaml``.
+GROUPS = ("task", "hierarchy", "collector", "logger")
+LOGGERS = ("csv", "tensorboard")
+
+
+# ----------------------------------------------------------------------------- setup
+def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+    """TorchRL's ``CSVLogger`` (default) or ``TensorboardLogger`` (needs tensorboard)."""
+    name = cfg.logger.name
+    if name == "csv":
+        from torchrl.record.loggers import CSVLogger
+
+        return CSVLogger(exp_name=cfg.logger.exp_name, log_dir=str(run_dir))
+    if name == "tensorboard":
+        check_logger(cfg)
+        from torchrl.record.loggers import TensorboardLogger
+
+        return TensorboardLogger(exp_name=cfg.logger.exp_name, log_dir=str(run_dir))
+    raise ConfigError(f"logger.name={name!r} is not a logger; choose one of {list(LOGGERS)}.")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """Fails before any work when the chosen logger's package is missing."""
+    if cfg.logger.name == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "logger=tensorboard needs the tensorboard package, which is not installed in "
+                "this environment (pip install tensorboard). Use logger=csv (the default)."
+            )
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _truncate_csv(log_dir: Path, frames: int) -> None:
+    """Drops CSV rows logged after the checkpoint a run resumes from (they are re-collected)."""
+    for file in log_dir.rglob("*.csv"):
+        rows = file.read_text().splitlines()
+        kept = [row for row in rows if row and float(row.split(",", 1)[0]) <= frames]
+        if len(kept) != len(rows):
+            file.write_text("".join(row + "\n" for row in kept))
+
+
+def _exploration(policy: torch.nn.Module) -> float | None:
+    modules = exploration_modules(policy)
+    if not modules:
+        return None
+    m = modules[0]
+    return float(m.eps if hasattr(m, "eps") else m.sigma)
+
+
+# ----------------------------------------------------------------------------- training
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Runs (or resumes) one training run; returns its summary.
+
+    ``overrides`` are the command-line overrides of this invocation (Hydra passes them); on
+    ``resume=<run dir>`` they are applied on top of the checkpoint's config.
+    """
+    resolve_device(cfg.device)
+    check_logger(cfg)
+    ckpt, ckpt_file = None, None
+    if cfg.get("resume"):
+        ckpt, ckpt_file = load_checkpoint(cfg.resume)
+        cfg = resume_config(cfg, ckpt, ckpt_file, overrides)
+        resolve_device(cfg.device)
+        check_logger(cfg)
+        run_dir = ckpt_file.parent.parent if ckpt_file.parent.name == "checkpoints" else ckpt_file.parent
+    else:
+        run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    _seed_everything(int(cfg.seed))
+    exp = build_experiment(cfg)
+    frames, history, elapsed_before = 0, [], 0.0
+    if ckpt is not None:
+        restore_training(exp, ckpt, ckpt_file)
+        frames = int(ckpt["frames"])
+        history = list(ckpt["history"])
+        elapsed_before = float(ckpt.get("elapsed", 0.0))
+        _truncate_csv(run_dir / cfg.logger.exp_name, frames)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    logger = make_logger(cfg, run_dir)
+    start_frames = frames
+    total = int(cfg.total_frames)
+    ckpt_dir = run_dir / "checkpoints"
+    every_ckpt = int(cfg.checkpoint.every_frames)
+    every_eval = int(cfg.eval.every_frames)
+    names = exp.names
+    raw_counts = dict(ckpt.get("raw_transitions", {})) if ckpt is not None else {}
+    raw_counts = {name: int(raw_counts.get(name, 0)) for name in names}
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_dir, exp, frames, history, buffers=bool(cfg.checkpoint.buffers),
+            keep=int(cfg.checkpoint.keep),
+            extra={"elapsed": elapsed_before + time.perf_counter() - t_start,
+                   "raw_transitions": raw_counts},
+        )
+
+    def evaluate_now(deterministic: bool = True, log: bool = True) -> dict[str, Any]:
+        result = run_episodes(
+            exp, int(cfg.eval.episodes), seed=int(cfg.seed) + 1_000_003, progress=False,
+            deterministic=deterministic,
+        )
+        if log:
+            if result["success_rate"] is not None:
+                logger.log_scalar("eval/success_rate", result["success_rate"], step=frames)
+            logger.log_scalar("eval/return", result["return_mean"], step=frames)
+        return result
+
+    if ckpt is None and int(cfg.eval.episodes) > 0:
+        # where learning starts: the untrained policy exploring (random actions for epsilon-
+        # greedy levels) is the baseline to beat; its greedy evaluation is the curve's first point
+        baseline = evaluate_now(deterministic=False, log=False)
+        history.append({"frames": 0, "episodes": 0, "eval": evaluate_now(), "baseline": baseline})
+
+    remaining = total - frames
+    if remaining > 0:
+        per_batch = int(cfg.collector.frames_per_batch)
+        budget = math.ceil(remaining / per_batch) * per_batch
+        collector = make_collector(
+            cfg, exp, budget, env_seed=None if ckpt is None else int(cfg.seed) + frames
+        )
+        multi = cfg.collector.name != "sync"
+        bar = tqdm(
+            total=total, initial=frames, unit="frame", desc=f"train {cfg.hierarchy.name}",
+            disable=not cfg.progress, dynamic_ncols=True,
+        )
+        t_last = time.perf_counter()
+        try:
+            for batch in collector:
+                n = batch.numel()
+                frames += n
+                data = exp.pipeline(batch)
+                counts = exp.counts(batch, data)
+                for name in names:
+                    raw_counts[name] += counts[name]
+                exp.anneal(counts)
+                exp.learners.extend(data)
+                losses = exp.learners.update()
+                if multi:
+                    collector.update_policy_weights_()
+                stats = episode_stats(batch, exp.has_success)
+                now = time.perf_counter()
+                fps = n / max(now - t_last, 1e-9)
+                t_last = now
+                row = _log_batch(logger, exp, frames, fps, stats, losses, raw_counts)
+                if every_eval > 0 and frames // every_eval != (frames - n) // every_eval:
+                    row["eval"] = evaluate_now()
+                history.append(row)
+                bar.update(n)
+                bar.set_postfix(_postfix(history, exp.has_success, fps), refresh=False)
+                if every_ckpt > 0 and frames // every_ckpt != (frames - n) // every_ckpt:
+                    checkpoint()
+        finally:
+            bar.close()
+            collector.shutdown()
+    wall = time.perf_counter() - t_start
+    cpu = time.process_time() - cpu_start
+    if frames > start_frames or ckpt is None:
+        checkpoint()
+    final = evaluate_now() if int(cfg.eval.episodes) > 0 else None
+    if final is not None:
+        history.append({"frames": frames, "episodes": 0, "eval": final, "final": True})
+    summary = _summary(cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts)
+    summary["cpu_time_s"] = round(cpu, 2)
+    if cfg.eval.gif:
+        try:
+            gif, _ = record_gif(exp, run_dir / "rollout.gif", seed=int(cfg.seed) + 1_000_003)
+            summary["gif"] = str(gif)
+        except ConfigError as err:
+            summary["gif"] = f"not written: {err}"
+    plot_learning_curve(
+        history, run_dir / "learning_curve.png",
+        title=f"{cfg.task.name} / {cfg.hierarchy.name} (seed {cfg.seed})",
+    )
+    write_summary(run_dir, summary)
+    logger.close() if hasattr(logger, "close") else None
+    if cfg.progress:
+        print(_summary_line(summary), file=sys.stderr)
+    return summary
+
+
+def _log_batch(logger, exp, frames, fps, stats, losses, raw_counts) -> dict[str, Any]:
+    """Logs one batch's scalars; returns its history row (per-batch sums, for the curve)."""
+    episodes = int(stats["return"].numel())
+    row: dict[str, Any] = {"frames": frames, "fps": fps, "episodes": episodes}
+    logger.log_scalar("time/fps", fps, step=frames)
+    if episodes:
+        row["return_sum"] = float(stats["return"].sum())
+        logger.log_scalar("train/episode_return", row["return_sum"] / episodes, step=frames)
+        if "success" in stats:
+            row["success_sum"] = float(stats["success"].sum())
+            logger.log_scalar("train/success_rate", row["success_sum"] / episodes, step=frames)
+    logger.log_scalar("train/episodes", episodes, step=frames)
+    row["losses"] = losses
+    for name, logs in losses.items():
+        for key, value in logs.items():
+            logger.log_scalar(f"level/{name}/{key}", value, step=frames)
+    for name in exp.names:
+        logger.log_scalar(f"level/{name}/transitions", raw_counts[name], step=frames)
+        logger.log_scalar(f"level/{name}/updates", exp.learners[name].n_updates, step=frames)
+        explore = _exploration(exp.explorers[name]) if name in exp.explorers else None
+        if explore is not None:
+            logger.log_scalar(f"level/{name}/exploration", explore, step=frames)
+    return row
+
+
+def _postfix(history, has_success: bool, fps: float) -> dict[str, str]:
+    recent = history[-20:]
+    key = "success_sum" if has_success else "return_sum"
+    episodes = sum(h["episodes"] for h in recent if h.get(key) is not None)
+    value = sum(h[key] for h in recent if h.get(key) is not None) / episodes if episodes else float("nan")
+    return {("success" if has_success else "return"): f"{value:.3f}", "fps": f"{fps:.0f}"}
+
+
+def _summary(cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts) -> dict[str, Any]:
+    total_wall = elapsed_before + wall
+    return {
+        "task": cfg.task.name,
+        "hierarchy": cfg.hierarchy.name,
+        "levels_order": exp.names,
+        "collector": cfg.collector.name,
+        "device": str(exp.device),
+        "seed": int(cfg.seed),
+        "frames": frames,
+        "resumed_from_frames": start_frames if cfg.get("resume") else None,
+        "wall_time_s": round(total_wall, 2),
+        "frames_per_s": round(frames / total_wall, 1) if total_wall > 0 else None,
+        "train_success_first": window_rate(history, "success_sum", 0.1, last=False),
+        "train_success_last": window_rate(history, "success_sum", 0.1, last=True),
+        "train_return_first": window_rate(history, "return_sum", 0.1, last=False),
+        "train_return_last": window_rate(history, "return_sum", 0.1, last=True),
+        "eval": final,
+        "baseline_exploring": next((h["baseline"] for h in history if "baseline" in h), None),
+        "levels": {
+            name: {
+                "transitions": raw_counts[name],
+                "learner_transitions": exp.learners[name].n_transitions,
+                "updates": exp.learners[name].n_updates,
+            }
+            for name in exp.names
+        },
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "checkpoints" / "last.pt"),
+    }
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    final = summary.get("eval") or {}
+    success = final.get("success_rate")
+    return (
+        f"[torchrl_hier.train] {summary['task']} / {summary['hierarchy']} seed {summary['seed']}: "
+        f"{summary['frames']} frames in {summary['wall_time_s']:.0f} s; "
+        f"train success {summary['train_success_first']} -> {summary['train_success_last']}; "
+        f"eval success {success}, return {final.get('return_mean')}; run dir {summary['run_dir']}"
+    )
+
+
+# ----------------------------------------------------------------------------- entry points
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    try:
+        return train(cfg, overrides)
+    except (ConfigError, CheckpointError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def unknown_key_messages(overrides: Sequence[str]) -> list[str]:
+    """For each command-line override of a key the config does not have, a message listing
+    the valid keys where it went wrong (Hydra's own error does not list them)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return []  # Hydra reports malformed overrides itself
+    groups, keys = [], []
+    for ov in parsed:
+        key = ov.key_or_group
+        if key.startswith("hydra") or ov.is_add() or ov.is_force_add() or ov.is_delete():
+            continue
+        if key in GROUPS:
+            value = next(iter(ov.sweep_string_iterator())) if ov.is_sweep_override() else ov.value()
+            groups.append(f"{key}={value}")
+        else:
+            keys.append(key)
+    if not keys:
+        return []
+    fresh = not GlobalHydra.instance().is_initialized()
+    try:
+        if fresh:
+            initialize_config_module("torchrl_hier.conf", version_base=None)
+        cfg = compose("config", overrides=groups)
+    except Exception:
+        return []  # an unknown group choice: Hydra lists the choices itself
+    finally:
+        if fresh:
+            GlobalHydra.instance().clear()
+    messages = []
+    for key in keys:
+        node, path = cfg, []
+        for part in key.split("."):
+            if isinstance(node, DictConfig) and part in node:
+                node, path = node[part], [*path, part]
+                continue
+            if isinstance(node, DictConfig):
+                where = ".".join(path) or "the top level"
+                valid = sorted(str(k) for k in node.keys())
+                close = difflib.get_close_matches(part, valid, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                groups_hint = (
+                    f" Config groups (choose with group=option): {list(GROUPS)}." if not path else ""
+                )
+                messages.append(
+                    f"Unknown config key {key!r}: {where} has no {part!r}.{hint} Valid keys at "
+                    f"{where}: {valid}.{groups_hint} To add a new key use +{key}=..."
+                )
+            break
+    return messages
+
+
+def cli() -> None:
+    """``python -m torchrl_hier.train``: lists valid keys for unknown ones, then runs Hydra."""
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    for message in unknown_key_messages(args):
+        print(message, file=sys.stderr)
+    main()
+
+
+if __name__ == "__main__":
+    cli()
