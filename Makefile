@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python -m torchrl_hier.demo
+	$(BIN)/python -m torchrl_hier.train
 
 test: install
 	$(BIN)/python -m pytest -q

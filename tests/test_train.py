@@ -54,7 +54,8 @@ def tiny(overrides: list[str], run_dir: Path, max_steps: int | None = 20):
     OmegaConf.set_struct(cfg, False)
     if max_steps is not None and cfg.task.name.split("-")[0] in ("GridMaze", "PointMaze"):
         cfg.task.kwargs.max_steps = max_steps
-    for level in cfg.hierarchy.levels.values():
+    levels = cfg.hierarchy.get("levels") or cfg.hierarchy.get("choice_points")
+    for level in levels.values():
         level.learner.warmup = 4
         level.learner.batch_size = 8
         level.learner.update_ratio = max(level.learner.update_ratio, 0.1)
@@ -77,12 +78,15 @@ def read_csv(path: Path) -> list[tuple[float, float]]:
         ("PointMaze-UMaze", "subgoals"),
         ("PointMaze-UMaze", "options"),
         ("CartPole-v1", "flat"),
+        ("CartPole-v1", "three_level_options"),
+        ("Taxi-v4", "ham"),
     ],
 )
 def test_each_hierarchy_trains_logs_and_checkpoints(tmp_path, task, hierarchy):
     cfg = tiny([f"task={task}", f"hierarchy={hierarchy}"], tmp_path)
     summary = train(cfg)
-    names = list(cfg.hierarchy.levels)
+    # a HAM's "levels" are its learnt choice points (Taxi: `nav`, unless learn_task=true)
+    names = list(cfg.hierarchy.levels) if "levels" in cfg.hierarchy else ["nav"]
     assert summary["frames"] == 256
     assert summary["levels_order"] == names
     for name in names:
@@ -111,6 +115,14 @@ def test_each_hierarchy_trains_logs_and_checkpoints(tmp_path, task, hierarchy):
         assert evals == [0.0, 128.0, 256.0, 256.0]  # at the start, every 128 frames, at the end
     else:
         assert summary["eval"]["success_rate"] is None or task.startswith("PointMaze")
+
+
+def test_ham_can_also_learn_the_task_choice():
+    cfg = compose_cfg(["task=Taxi-v4", "hierarchy=ham", "hierarchy.learn_task=true", "task.n_envs=2"])
+    exp = build_experiment(cfg)
+    assert exp.names == ["nav", "task"] and sorted(exp.learners) == ["nav", "task"]
+    with pytest.raises(ConfigError, match="needs task=Taxi-v4"):
+        build_experiment(compose_cfg(["hierarchy=ham"]))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -232,10 +244,12 @@ def test_unknown_key_lists_the_valid_keys():
     assert unknown_key_messages(["seed=3", "hierarchy=flat", "+extra=1"]) == []
 
 
-def _run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+def _run_cli(
+    args: list[str], cwd: Path, timeout: int = 120, module: str = "torchrl_hier.train"
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "torchrl_hier.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
     )
 
@@ -295,6 +309,17 @@ def test_multirun_over_two_seeds(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/summary.json"))
     assert summaries == [0, 1]
+    # the evaluation command on one of the runs
+    run = next(sweep.glob("*/summary.json")).parent
+    result = _run_cli(
+        [f"checkpoint={run}", "episodes=3", "progress=false"], tmp_path,
+        module="torchrl_hier.evaluate",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "success rate:" in result.stdout and "episodes: 3 (deterministic)" in result.stdout
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 3
+    result = _run_cli(["episodes=3"], tmp_path, module="torchrl_hier.evaluate")
+    assert result.returncode != 0 and "checkpoint" in result.stderr  # the mandatory value
 
 
 @pytest.mark.slow  # spawns worker processes twice (~40 s on 2 busy cores)

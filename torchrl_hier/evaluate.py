@@ -32,10 +32,13 @@ from torchrl_hier.experiment.builders import (
 )
 from torchrl_hier.experiment.checkpoint import load_checkpoint, restore_policy
 
-__all__ = ["run_episodes", "record_gif", "load_experiment", "evaluate_checkpoint", "main"]
+__all__ = [
+    "run_episodes", "record_gif", "load_experiment", "evaluate_checkpoint", "max_episode_steps",
+    "main",
+]
 
 
-def _max_steps(exp: Experiment) -> int:
+def max_episode_steps(exp: Experiment) -> int:
     """The task's episode limit: ``task.max_episode_steps``, else the built-in tasks' own
     ``max_steps`` (read from the instance: batched envs forward attribute lookups)."""
     steps = exp.cfg.task.get("max_episode_steps")
@@ -62,7 +65,7 @@ def run_episodes(
     """
     if not (isinstance(episodes, int) and episodes >= 1):
         raise ConfigError(f"episodes must be a positive int, got {episodes!r}.")
-    max_steps = _max_steps(exp) if max_steps is None else int(max_steps)
+    max_steps = max_episode_steps(exp) if max_steps is None else int(max_steps)
     base = make_task_env(exp.cfg.task, episodes, exp.device, seed)
     env = TransformedEnv(base, exp.env_transform())
     policy = exp.eval_policy()
@@ -124,7 +127,7 @@ def record_gif(
             "available for the built-in GridMaze/PointMaze tasks. Run without gif=true."
         )
     env = TransformedEnv(base, exp.env_transform())
-    max_steps = _max_steps(exp) if max_steps is None else int(max_steps)
+    max_steps = max_episode_steps(exp) if max_steps is None else int(max_steps)
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     frames = []
     policy = exp.eval_policy()
@@ -220,5 +223,15 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m torchrl_hier.evaluate``: lists valid keys for unknown ones, then runs Hydra."""
+    import sys
+
+    from torchrl_hier.experiment.cli import report_unknown_keys
+
+    report_unknown_keys(sys.argv[1:], "evaluate", ())
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,7 +13,6 @@ sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
 
 from __future__ import annotations
 
-import difflib
 import math
 import random
 import sys
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
+from torchrl_hier.evaluate import max_episode_steps as _max_steps
 from torchrl_hier.evaluate import record_gif, run_episodes
 from torchrl_hier.experiment.builders import (
     ConfigError,
@@ -45,13 +45,12 @@ from torchrl_hier.experiment.checkpoint import (
     resume_config,
     save_checkpoint,
 )
+from torchrl_hier.experiment.cli import GROUPS, report_unknown_keys, unknown_key_messages
 from torchrl_hier.experiment.report import plot_learning_curve, window_rate, write_summary
 from torchrl_hier.levels import exploration_modules
 
 __all__ = ["train", "main", "cli", "make_logger", "unknown_key_messages", "GROUPS"]
 
-#: The config groups of ``conf/config.yaml``.
-GROUPS = ("task", "hierarchy", "collector", "logger")
 LOGGERS = ("csv", "tensorboard")
 
 
@@ -231,7 +230,13 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     final = evaluate_now() if int(cfg.eval.episodes) > 0 else None
     if final is not None:
         history.append({"frames": frames, "episodes": 0, "eval": final, "final": True})
-    summary = _summary(cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts)
+    # before every instance could have finished an episode, the episodes that ended are the
+    # short (successful) ones: training success counts from there on
+    settle = int(cfg.task.n_envs) * _max_steps(exp)
+    summary = _summary(
+        cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts,
+        settle,
+    )
     summary["cpu_time_s"] = round(cpu, 2)
     if cfg.eval.gif:
         try:
@@ -241,7 +246,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             summary["gif"] = f"not written: {err}"
     plot_learning_curve(
         history, run_dir / "learning_curve.png",
-        title=f"{cfg.task.name} / {cfg.hierarchy.name} (seed {cfg.seed})",
+        title=f"{cfg.task.name} / {cfg.hierarchy.name} (seed {cfg.seed})", start=settle,
     )
     write_summary(run_dir, summary)
     logger.close() if hasattr(logger, "close") else None
@@ -283,7 +288,10 @@ def _postfix(history, has_success: bool, fps: float) -> dict[str, str]:
     return {("success" if has_success else "return"): f"{value:.3f}", "fps": f"{fps:.0f}"}
 
 
-def _summary(cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts) -> dict[str, Any]:
+def _summary(
+    cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_before, final, raw_counts,
+    settle,
+) -> dict[str, Any]:
     total_wall = elapsed_before + wall
     return {
         "task": cfg.task.name,
@@ -296,10 +304,10 @@ def _summary(cfg, exp, run_dir, history, frames, start_frames, wall, elapsed_bef
         "resumed_from_frames": start_frames if cfg.get("resume") else None,
         "wall_time_s": round(total_wall, 2),
         "frames_per_s": round(frames / total_wall, 1) if total_wall > 0 else None,
-        "train_success_first": window_rate(history, "success_sum", 0.1, last=False),
-        "train_success_last": window_rate(history, "success_sum", 0.1, last=True),
-        "train_return_first": window_rate(history, "return_sum", 0.1, last=False),
-        "train_return_last": window_rate(history, "return_sum", 0.1, last=True),
+        "train_success_first": window_rate(history, "success_sum", 0.1, False, settle),
+        "train_success_last": window_rate(history, "success_sum", 0.1, True, settle),
+        "train_return_first": window_rate(history, "return_sum", 0.1, False, settle),
+        "train_return_last": window_rate(history, "return_sum", 0.1, True, settle),
         "eval": final,
         "baseline_exploring": next((h["baseline"] for h in history if "baseline" in h), None),
         "levels": {
@@ -339,67 +347,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         raise SystemExit(1) from None
 
 
-def unknown_key_messages(overrides: Sequence[str]) -> list[str]:
-    """For each command-line override of a key the config does not have, a message listing
-    the valid keys where it went wrong (Hydra's own error does not list them)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:
-        return []  # Hydra reports malformed overrides itself
-    groups, keys = [], []
-    for ov in parsed:
-        key = ov.key_or_group
-        if key.startswith("hydra") or ov.is_add() or ov.is_force_add() or ov.is_delete():
-            continue
-        if key in GROUPS:
-            value = next(iter(ov.sweep_string_iterator())) if ov.is_sweep_override() else ov.value()
-            groups.append(f"{key}={value}")
-        else:
-            keys.append(key)
-    if not keys:
-        return []
-    fresh = not GlobalHydra.instance().is_initialized()
-    try:
-        if fresh:
-            initialize_config_module("torchrl_hier.conf", version_base=None)
-        cfg = compose("config", overrides=groups)
-    except Exception:
-        return []  # an unknown group choice: Hydra lists the choices itself
-    finally:
-        if fresh:
-            GlobalHydra.instance().clear()
-    messages = []
-    for key in keys:
-        node, path = cfg, []
-        for part in key.split("."):
-            if isinstance(node, DictConfig) and part in node:
-                node, path = node[part], [*path, part]
-                continue
-            if isinstance(node, DictConfig):
-                where = ".".join(path) or "the top level"
-                valid = sorted(str(k) for k in node.keys())
-                close = difflib.get_close_matches(part, valid, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                groups_hint = (
-                    f" Config groups (choose with group=option): {list(GROUPS)}." if not path else ""
-                )
-                messages.append(
-                    f"Unknown config key {key!r}: {where} has no {part!r}.{hint} Valid keys at "
-                    f"{where}: {valid}.{groups_hint} To add a new key use +{key}=..."
-                )
-            break
-    return messages
-
-
 def cli() -> None:
     """``python -m torchrl_hier.train``: lists valid keys for unknown ones, then runs Hydra."""
-    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
-    for message in unknown_key_messages(args):
-        print(message, file=sys.stderr)
+    report_unknown_keys(sys.argv[1:], "config", GROUPS)
     main()
 
 

@@ -7,11 +7,14 @@ any ``DictConfig``/dict shaped like ``torchrl_hier/conf``::
     exp = build_experiment(cfg)              # env, hierarchy, learners, pipeline
     collector = make_collector(cfg, exp, total_frames=100_000)
     for batch in collector:
-        exp.learners.extend(exp.pipeline(batch))
+        data = exp.pipeline(batch)           # {level: transitions ready for its learner}
+        exp.anneal(exp.counts(batch, data))  # exploration schedules, in each level's steps
+        exp.learners.extend(data)
         exp.learners.update()
 
 A hierarchy config lists its levels, highest first, as a mapping ``name -> level config``; each
-level has a ``kind`` (:data:`KINDS`), an ``algorithm`` and its learner settings.
+level has a ``kind`` (:data:`KINDS`), an ``algorithm`` and its learner settings. A config with
+``kind: ham`` builds a HAM instead (the Taxi machines of :mod:`torchrl_hier.ham.taxi`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase, TensorDictSequential
+from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
 from torchrl.objectives import LossModule
 
-from torchrl_hier.control import Timeout
 from torchrl_hier.envs import make_env
 from torchrl_hier.hierarchy import Hierarchy
 from torchrl_hier.learning import HierarchyLearner, LevelLearner
@@ -64,6 +66,7 @@ __all__ = [
     "build_experiment",
     "make_collector",
     "episode_stats",
+    "taxi_env",
 ]
 
 #: Level kinds a hierarchy config may use.

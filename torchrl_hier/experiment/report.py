@@ -12,10 +12,15 @@ import numpy as np
 __all__ = ["smoothed", "plot_learning_curve", "write_summary", "window_rate"]
 
 
-def window_rate(history: Sequence[Mapping[str, Any]], key: str, fraction: float, last: bool) -> float | None:
+def window_rate(
+    history: Sequence[Mapping[str, Any]], key: str, fraction: float, last: bool, start: int = 0
+) -> float | None:
     """The per-episode mean of ``key`` (``success_sum``/``return_sum``) over the first or last
-    ``fraction`` of the batches that ended episodes."""
-    rows = [h for h in history if h.get("episodes", 0) > 0 and h.get(key) is not None]
+    ``fraction`` of the batches that ended episodes after ``start`` frames."""
+    rows = [
+        h for h in history
+        if h.get("episodes", 0) > 0 and h.get(key) is not None and h["frames"] > start
+    ]
     if not rows:
         return None
     n = max(1, int(round(len(rows) * fraction)))
@@ -24,9 +29,12 @@ def window_rate(history: Sequence[Mapping[str, Any]], key: str, fraction: float,
     return float(sum(h[key] for h in rows) / episodes)
 
 
-def smoothed(history: Sequence[Mapping[str, Any]], key: str, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames and an episode-weighted moving average of ``key`` over ``window`` batches."""
-    rows = [h for h in history if h.get(key) is not None]
+def smoothed(
+    history: Sequence[Mapping[str, Any]], key: str, window: int, start: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames and an episode-weighted moving average of ``key`` over ``window`` batches,
+    from ``start`` frames on."""
+    rows = [h for h in history if h.get(key) is not None and h["frames"] > start]
     if not rows:
         return np.zeros(0), np.zeros(0)
     frames = np.array([h["frames"] for h in rows], dtype=float)
@@ -39,19 +47,25 @@ def smoothed(history: Sequence[Mapping[str, Any]], key: str, window: int) -> tup
     return frames[keep], num[keep] / den[keep]
 
 
-def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Success rate (or return) while training, greedy evaluations, and each level's loss."""
+def plot_learning_curve(
+    history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", start: int = 0
+) -> Path:
+    """Success rate (or return) while training, greedy evaluations, and each level's loss.
+
+    The training curve starts after ``start`` frames: before every env instance could have
+    finished an episode, the episodes that ended are the short, successful ones.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    window = max(1, len(history) // 30)
+    window = max(1, len(history) // 15)
     has_success = any(h.get("success_sum") is not None for h in history)
     key, label = ("success_sum", "success rate") if has_success else ("return_sum", "episode return")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    frames, values = smoothed(history, key, window)
+    frames, values = smoothed(history, key, window, start)
     top.plot(frames, values, label=f"training (exploring), {window}-batch average")
     evals = [h for h in history if h.get("eval") is not None]
     eval_key = "success_rate" if has_success else "return_mean"
