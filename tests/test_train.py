@@ -29,7 +29,7 @@ from torchrl_hier.experiment import (
     make_collector,
 )
 from torchrl_hier.levels import exploration_modules
-from torchrl_hier.train import train, unknown_key_messages
+from torchrl_hier.train import hydra_dir, train, unknown_key_messages
 
 FAST = [
     "task.n_envs=4",
@@ -152,6 +152,16 @@ def test_resume_continues_from_the_checkpoint_frame_count(tmp_path):
     assert frames == [64 * i for i in range(1, 9)]  # the first run's rows, then 320, 384, ...
     steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == 512
+
+
+def test_hydra_output_directory_follows_run_dir_and_resume(tmp_path):
+    assert hydra_dir(str(tmp_path / "mine"), None, "outputs/x") == str(tmp_path / "mine")
+    assert hydra_dir(None, None, "outputs/x") == "outputs/x"
+    assert hydra_dir(None, str(tmp_path / "missing"), "outputs/x") == "outputs/x"
+    assert not (tmp_path / "missing").exists()  # the missing checkpoint is reported by train()
+    _first_run(tmp_path / "run")
+    resumed = Path(hydra_dir(None, str(tmp_path / "run"), "outputs/x"))
+    assert resumed.parent == tmp_path / "run" / "resumed"
 
 
 def test_resume_after_a_stop_drops_logs_past_the_checkpoint(tmp_path):
@@ -285,6 +295,16 @@ def test_bad_config_values_name_the_key(tmp_path):
     cfg = compose_cfg(["collector=multi_sync", "collector.num_workers=3", f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"task\.n_envs=64 must be a multiple of collector\.num_workers=3"):
         train(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_evaluates_on_cuda(tmp_path):
+    cfg = tiny(["hierarchy=subgoals", "device=cuda"], tmp_path)
+    summary = train(cfg)
+    assert summary["device"].startswith("cuda") and summary["frames"] == 256
+    assert all(level["updates"] > 0 for level in summary["levels"].values())
+    report = evaluate_checkpoint(tmp_path, episodes=4, progress=False)
+    assert 0.0 <= report["success_rate"] <= 1.0
 
 
 def test_tensorboard_logger_needs_tensorboard(tmp_path):

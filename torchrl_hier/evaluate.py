@@ -30,7 +30,7 @@ from torchrl_hier.experiment.builders import (
     make_task_env,
     resolve_device,
 )
-from torchrl_hier.experiment.checkpoint import load_checkpoint, restore_policy
+from torchrl_hier.experiment.checkpoint import load_checkpoint, restore_policy, run_directory
 
 __all__ = [
     "run_episodes", "record_gif", "load_experiment", "evaluate_checkpoint", "max_episode_steps",
@@ -182,7 +182,7 @@ def evaluate_checkpoint(
     )
     report.update(checkpoint=str(path), frames=int(ckpt["frames"]), task=exp.cfg.task.name,
                   hierarchy=exp.cfg.hierarchy.name)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_directory(path)
     if gif:
         target = Path(gif_path) if gif_path else run_dir / "rollout.gif"
         gif_path, n_frames = record_gif(exp, target, seed=seed, deterministic=deterministic)

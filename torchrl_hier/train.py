@@ -40,7 +40,9 @@ from torchrl_hier.experiment.builders import (
 )
 from torchrl_hier.experiment.checkpoint import (
     CheckpointError,
+    checkpoint_file,
     load_checkpoint,
+    run_directory,
     restore_training,
     resume_config,
     save_checkpoint,
@@ -82,13 +84,37 @@ def check_logger(cfg: DictConfig) -> None:
             )
 
 
-def _run_dir(cfg: DictConfig) -> Path:
-    if cfg.get("run_dir"):
-        return Path(cfg.run_dir)
-    from hydra.core.hydra_config import HydraConfig
+def hydra_dir(run_dir: str | None, resume: str | None, default: str) -> str:
+    """Hydra's output directory (``hydra.run.dir``): ``run_dir`` if given; on a resume, a
+    ``resumed/<date_time>`` folder inside the resumed run (which the run itself continues);
+    else ``default``."""
+    if run_dir:
+        return str(run_dir)
+    if resume:
+        try:
+            file = checkpoint_file(resume)
+        except CheckpointError:
+            return default  # train() reports the missing checkpoint
+        return str(run_directory(file) / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    return default
 
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+
+if not OmegaConf.has_resolver("torchrl_hier.hydra_dir"):
+    OmegaConf.register_new_resolver("torchrl_hier.hydra_dir", hydra_dir)
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    """``run_dir`` (per job under it in a multirun), else Hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if cfg.get("run_dir"):
+        if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+            return Path(cfg.run_dir) / str(hydra_cfg.job.num)
+        return Path(cfg.run_dir)
+    if hydra_cfg is not None:
+        return Path(hydra_cfg.runtime.output_dir)
     return Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
@@ -130,7 +156,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         cfg = resume_config(cfg, ckpt, ckpt_file, overrides)
         resolve_device(cfg.device)
         check_logger(cfg)
-        run_dir = ckpt_file.parent.parent if ckpt_file.parent.name == "checkpoints" else ckpt_file.parent
+        run_dir = run_directory(ckpt_file)
     else:
         run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

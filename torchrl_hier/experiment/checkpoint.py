@@ -26,6 +26,7 @@ __all__ = [
     "FIELDS",
     "CheckpointError",
     "checkpoint_file",
+    "run_directory",
     "load_checkpoint",
     "save_checkpoint",
     "restore_policy",
@@ -63,6 +64,11 @@ def checkpoint_file(path: str | Path) -> Path:
             f"checkpoints/{LAST}) or an existing .pt file."
         )
     return path
+
+
+def run_directory(file: Path) -> Path:
+    """The run directory of a checkpoint file (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
+    return file.parent.parent if file.parent.name == "checkpoints" else file.parent
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
