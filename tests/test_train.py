@@ -27,6 +27,7 @@ from torchrl_hier.experiment import (
     build_experiment,
     load_checkpoint,
     make_collector,
+    restore_training,
 )
 from torchrl_hier.levels import exploration_modules
 from torchrl_hier.train import hydra_dir, train, unknown_key_messages
@@ -58,6 +59,7 @@ def tiny(overrides: list[str], run_dir: Path, max_steps: int | None = 20):
     for level in levels.values():
         level.learner.warmup = 4
         level.learner.batch_size = 8
+        level.learner.buffer_size = 4096
         level.learner.update_ratio = max(level.learner.update_ratio, 0.1)
     return cfg
 
@@ -152,6 +154,17 @@ def test_resume_continues_from_the_checkpoint_frame_count(tmp_path):
     assert frames == [64 * i for i in range(1, 9)]  # the first run's rows, then 320, 384, ...
     steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == 512
+
+
+def test_checkpoint_can_keep_the_replay_buffers(tmp_path):
+    cfg = tiny(["hierarchy=options", "checkpoint.buffers=true"], tmp_path)
+    train(cfg)
+    ckpt, file = load_checkpoint(tmp_path)
+    exp = build_experiment(OmegaConf.create(ckpt["config"]))
+    restore_training(exp, ckpt, file)
+    for name in ("option", "primitive"):
+        learner = exp.learners[name]
+        assert len(learner.buffer) == learner.n_transitions > 0
 
 
 def test_hydra_output_directory_follows_run_dir_and_resume(tmp_path):
