@@ -440,3 +440,73 @@ def test_subgoal_hierarchy_on_cuda():
     assert top_data.device.type == "cuda" and low_data.device.type == "cuda"
     backward_once(top_loss, top_data)
     backward_once(low_loss, low_data)
+
+
+# ----------------------------------------------------------------------------- lattice subgoals
+def test_subgoal_lattice_points_and_nearest_index():
+    space = SubgoalSpace((0, 1), -1.0, 1.0, relative=True, resolution=3)
+    assert space.n_points == 9
+    points = space.lattice
+    assert points.shape == (9, 2)
+    assert torch.equal(points[0], torch.tensor([-1.0, -1.0]))
+    assert torch.equal(points[5], torch.tensor([0.0, 1.0]))  # row-major: last component fastest
+    assert torch.equal(space.lattice_index(points), torch.arange(9))
+    # nearest point, out-of-bounds clamped
+    assert space.lattice_index(torch.tensor([[0.4, -0.6], [5.0, 5.0]])).tolist() == [3, 8]
+    with pytest.raises(ValueError, match="resolution"):
+        SubgoalSpace((0, 1), 0.0, 1.0).lattice
+    with pytest.raises(ValueError, match="resolution must be an int >= 2"):
+        SubgoalSpace((0, 1), 0.0, 1.0, resolution=1)
+
+
+def test_dqn_subgoal_level_picks_lattice_points_and_learns_their_one_hot():
+    torch.manual_seed(0)
+    env = GridMaze(batch_size=[4], max_steps=20, seed=0)
+    cell = 1.0 / float(env.scale[0])
+    space = SubgoalSpace((0, 1), -2 * cell, 2 * cell, relative=True, resolution=5)
+    top, top_loss = subgoal_level(
+        "subgoal", 4, space, algorithm="dqn", value_range=(-20.0, 0.0), env=env
+    )
+    low, low_loss = goal_conditioned_level(
+        "primitive", 4, env.action_spec_unbatched, space, tolerance=0.5 * cell,
+        norm=float("inf"), horizon=4, value_range=(-4.0, 0.0),
+    )
+    hier = Hierarchy([top, low], env)
+    check_env_specs(TransformedEnv(env, hier.transform))
+    batches = collect(hier, env, frames=160, per_batch=80)
+    sub = hier.transitions(torch.cat(batches, -1))["subgoal"]
+    # what is handed below: a lattice point added to the position, plus the test flag
+    offset = (sub["action"][:, :2] - space.achieved(sub["observation"])) / cell
+    assert torch.allclose(offset, offset.round(), atol=1e-4)
+    assert (offset.abs() <= 2 + 1e-4).all() and (offset.abs() > 0.5).any()
+    # the learner's frame: the one-hot of the (hindsight) lattice point
+    episodes = LevelEpisodes(hier)
+    ready = {name: d for b in batches for name, d in episodes.add(b).items() if d.shape[0]}
+    top_data = subgoal_transitions(
+        ready["subgoal"], space, tolerance=0.5 * cell, norm=float("inf"), penalty=-20.0
+    )
+    action = top_data["action"]
+    assert action.shape[-1] == 25 and (action.sum(-1) == 1).all()
+    achieved = space.achieved(ready["subgoal"]["next", "observation"])
+    moved = space.clamp(achieved - space.achieved(ready["subgoal"]["observation"]))
+    n = ready["subgoal"].shape[0]
+    assert torch.equal(action[:n].argmax(-1), space.lattice_index(moved))
+    backward_once(top_loss, top_data)
+    # both networks' Q-values stay in their value ranges
+    q = top_loss.value_network(top_data.clone())["action_value"]
+    assert (q >= -20.0).all() and (q <= 0.0).all()
+    low_data = HindsightGoals(GoalReward(space, 0.5 * cell, norm=float("inf")), gamma=low.gamma,
+                              k=2)(ready["primitive"])
+    q_low = low_loss.value_network(low_data.clone())["action_value"]
+    assert (q_low >= -4.0).all() and (q_low <= 0.0).all()
+    backward_once(low_loss, low_data)
+
+
+def test_dqn_subgoal_level_bad_input():
+    with pytest.raises(ValueError, match="'subgoal'.*resolution"):
+        subgoal_level("subgoal", 4, SubgoalSpace((0, 1), 0.0, 1.0), algorithm="dqn")
+    with pytest.raises(ValueError, match="value_range needs low < high"):
+        subgoal_level(
+            "subgoal", 4, SubgoalSpace((0, 1), 0.0, 1.0, resolution=3), algorithm="dqn",
+            value_range=(0.0, 0.0),
+        )

@@ -56,6 +56,7 @@ from torchrl_hier.levels.options import (
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     InputNet,
+    LatticeSubgoal,
     SubgoalTestFlag,
     SubgoalToAbsolute,
     actor_critic_head,
@@ -101,6 +102,7 @@ __all__ = [
     "option_spec",
     "GreedyWhenTested",
     "InputNet",
+    "LatticeSubgoal",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
     "actor_critic_head",

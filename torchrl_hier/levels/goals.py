@@ -77,12 +77,17 @@ class SubgoalSpace:
             chosen. The subgoal level still hands the *absolute* target to the level below
             (``to_absolute``), so the level below never needs to know where the subgoal was set;
             its learner sees the displacement again (``to_relative``).
+        resolution: for a discrete (DQN) subgoal level: the subgoals are the points of a
+            regular lattice with ``resolution`` points per component between ``low`` and
+            ``high`` (both included), ``resolution ** dim`` in all, numbered row-major
+            (:attr:`lattice`, :meth:`lattice_index`). ``None``: continuous subgoals.
     """
 
     indices: tuple[int, ...]
     low: float | Sequence[float]
     high: float | Sequence[float]
     relative: bool = False
+    resolution: int | None = None
     _low: Tensor = field(init=False, repr=False, compare=False)
     _high: Tensor = field(init=False, repr=False, compare=False)
 
@@ -96,6 +101,12 @@ class SubgoalSpace:
                 f"SubgoalSpace needs low < high in every component, got low={low.tolist()}, "
                 f"high={high.tolist()}."
             )
+        r = self.resolution
+        if r is not None and not (isinstance(r, int) and not isinstance(r, bool) and r >= 2):
+            raise ValueError(
+                f"SubgoalSpace resolution must be an int >= 2 (lattice points per component) or "
+                f"None for continuous subgoals, got {r!r}."
+            )
         object.__setattr__(self, "_low", low)
         object.__setattr__(self, "_high", high)
 
@@ -107,6 +118,41 @@ class SubgoalSpace:
     def spec(self) -> Bounded:
         """The bounded spec of the subgoals the level emits (in its own frame)."""
         return Bounded(self._low.clone(), self._high.clone(), (self.dim,), dtype=torch.float32)
+
+    @property
+    def n_points(self) -> int:
+        """The number of lattice points (``resolution ** dim``)."""
+        self._need_lattice()
+        return self.resolution**self.dim
+
+    @property
+    def lattice(self) -> Tensor:
+        """The lattice points ``[n_points, dim]``, row-major (last component fastest)."""
+        self._need_lattice()
+        axes = [
+            torch.linspace(float(lo), float(hi), self.resolution)
+            for lo, hi in zip(self._low, self._high)
+        ]
+        return torch.cartesian_prod(*axes).reshape(-1, self.dim)
+
+    def lattice_index(self, subgoal: Tensor) -> Tensor:
+        """The index of the lattice point nearest to each subgoal (in this space's frame; out
+        of bounds ones are clamped first): ``subgoal[..., dim] -> index[...]`` (int64)."""
+        self._need_lattice()
+        low = self._low.to(subgoal.device, subgoal.dtype)
+        high = self._high.to(subgoal.device, subgoal.dtype)
+        cell = ((self.clamp(subgoal) - low) / (high - low) * (self.resolution - 1)).round().long()
+        strides = self.resolution ** torch.arange(
+            self.dim - 1, -1, -1, device=subgoal.device
+        )
+        return (cell * strides).sum(-1)
+
+    def _need_lattice(self) -> None:
+        if self.resolution is None:
+            raise ValueError(
+                "This SubgoalSpace is continuous; give it resolution=... (points per component) "
+                "for a discrete subgoal lattice."
+            )
 
     def achieved(self, observation: Tensor) -> Tensor:
         """The achieved goal of an observation: ``observation[..., indices]``."""

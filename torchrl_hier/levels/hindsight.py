@@ -389,10 +389,15 @@ def subgoal_learner_frame(
     td: TensorDictBase, space: SubgoalSpace, level: str = "this level"
 ) -> TensorDictBase:
     """The subgoal in ``"action"`` as the level's actor emits it: the test flag dropped and,
-    for a relative space, the displacement from the achieved goal of ``"observation"``."""
+    for a relative space, the displacement from the achieved goal of ``"observation"``; for a
+    lattice space (``resolution``), the one-hot (int64) of the nearest lattice point, as a
+    DQN subgoal level picks it."""
     subgoal, _ = _split(space, td.get(ACTION), level)
     out = td.clone(False)
-    out.set(ACTION, space.to_relative(subgoal, td.get(OBSERVATION)))
+    subgoal = space.to_relative(subgoal, td.get(OBSERVATION))
+    if space.resolution is not None:
+        subgoal = torch.nn.functional.one_hot(space.lattice_index(subgoal), space.n_points)
+    out.set(ACTION, subgoal)
     return out
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "GreedyWhenTested",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
+    "LatticeSubgoal",
     "dqn_head",
     "actor_critic_head",
     "anneal_exploration",
@@ -85,14 +86,39 @@ def _in_features(obs_dim: int, parent_dim: int | None, goal_space: SubgoalSpace 
     return obs_dim + (goal_space.dim if goal_space is not None else parent_dim)
 
 
-def mlp(in_features: int, out_features: int, hidden: Sequence[int], device) -> MLP:
-    return MLP(
+class ValueRange(nn.Module):
+    """Squashes values into ``(low, high)`` with a scaled sigmoid, as HAC bounds its critics
+    (``[-H, 0]``): targets bootstrapped from actions the level never takes cannot drift past
+    the returns the level can actually get."""
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        if not low < high:
+            raise ValueError(f"value_range needs low < high, got ({low}, {high}).")
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(x)
+
+    def extra_repr(self) -> str:
+        return f"low={self.low}, high={self.high}"
+
+
+def mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int],
+    device,
+    value_range: tuple[float, float] | None = None,
+) -> nn.Module:
+    net = MLP(
         in_features=in_features,
         out_features=out_features,
         num_cells=list(hidden),
         activation_class=nn.ReLU,
         device=device,
     )
+    return net if value_range is None else nn.Sequential(net, ValueRange(*value_range))
 
 
 def dqn_head(
@@ -107,18 +133,21 @@ def dqn_head(
     eps_end: float = 0.05,
     annealing_num_steps: int = 10_000,
     double_dqn: bool = True,
+    value_range: tuple[float, float] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, QValueActor, DQNLoss]:
     """A Q-network policy with epsilon-greedy exploration, its ``QValueActor`` and ``DQNLoss``.
 
     Returns ``(policy, qvalue_actor, loss)``; the loss's value estimator is TD(0) with
     ``gamma``, which discounts by ``gamma**steps_to_next_obs`` (the level's τ).
+    ``value_range=(low, high)`` bounds the Q-values (:class:`ValueRange`).
     """
     if device is not None:
         action_spec = action_spec.to(device)
     n_actions = action_spec.space.n
     net = InputNet(
-        mlp(_in_features(obs_dim, parent_dim, goal_space), n_actions, hidden, device),
+        mlp(_in_features(obs_dim, parent_dim, goal_space), n_actions, hidden, device,
+            value_range),
         goal_space,
     )
     actor = QValueActor(net, in_keys=_in_keys(parent_dim), spec=action_spec.clone())
@@ -146,13 +175,15 @@ def actor_critic_head(
     noise_std: float = 0.1,
     noise_end: float | None = None,
     annealing_num_steps: int = 10_000,
+    value_range: tuple[float, float] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, ProbabilisticActor, LossModule]:
     """A bounded continuous actor, its critic and a ``TD3Loss`` or ``SACLoss``.
 
     TD3: a ``TanhDelta`` ``ProbabilisticActor`` plus ``AdditiveGaussianModule`` noise of std
     ``noise_std * (high - low) / 2`` (annealed to ``noise_end``). SAC: a ``TanhNormal`` actor,
-    sampled while exploring. Returns ``(policy, actor, loss)``.
+    sampled while exploring. Returns ``(policy, actor, loss)``. ``value_range=(low, high)``
+    bounds the critic's Q-values (:class:`ValueRange`).
     """
     if algorithm not in ("td3", "sac"):
         raise ValueError(f"algorithm must be 'td3' or 'sac' for continuous actions, got {algorithm!r}.")
@@ -202,7 +233,7 @@ def actor_critic_head(
         )
         policy = actor
     critic = ValueOperator(
-        InputNet(mlp(in_features + dim, 1, hidden, device), goal_space),
+        InputNet(mlp(in_features + dim, 1, hidden, device, value_range), goal_space),
         in_keys=[*in_keys, ACTION],
     )
     if algorithm == "td3":
@@ -252,6 +283,21 @@ class GreedyWhenTested(TensorDictModuleBase):
                 greedy = self.policy(tensordict.copy()).get(ACTION)
         mask = tested.reshape(tested.shape + (1,) * (greedy.ndim - tested.ndim))
         return tensordict.set(ACTION, torch.where(mask, greedy, explored))
+
+
+class LatticeSubgoal(TensorDictModuleBase):
+    """Turns a one-hot pick among the lattice points of ``space`` (a DQN subgoal level's
+    action) into that point, a subgoal in the space's frame."""
+
+    def __init__(self, space: SubgoalSpace, device: torch.device | str | None = None):
+        super().__init__()
+        self.register_buffer("points", space.lattice.to(device))
+        self.in_keys = [ACTION]
+        self.out_keys = [ACTION]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        pick = tensordict.get(ACTION)
+        return tensordict.set(ACTION, pick.to(self.points.dtype) @ self.points)
 
 
 class SubgoalToAbsolute(TensorDictModuleBase):

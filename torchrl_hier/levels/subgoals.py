@@ -44,6 +44,7 @@ from torchrl_hier.levels.goals import (
 )
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
+    LatticeSubgoal,
     SubgoalTestFlag,
     SubgoalToAbsolute,
     actor_critic_head,
@@ -174,7 +175,10 @@ def subgoal_level(
     gamma: float = 0.99,
     noise_std: float = 0.1,
     noise_end: float | None = None,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
     annealing_num_steps: int = 10_000,
+    value_range: tuple[float, float] | None = None,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -186,8 +190,10 @@ def subgoal_level(
         name: the level's name.
         obs_dim: size of its (mapped) observation; ``space`` must project it.
         space: the subgoal space (achieved-goal components, bounds, absolute or relative).
-        algorithm: ``"td3"`` (``TanhDelta`` actor + Gaussian noise, ``TD3Loss``) or ``"sac"``
-            (``TanhNormal`` actor, ``SACLoss``).
+        algorithm: ``"td3"`` (``TanhDelta`` actor + Gaussian noise, ``TD3Loss``), ``"sac"``
+            (``TanhNormal`` actor, ``SACLoss``) or ``"dqn"``: epsilon-greedy over the points of
+            a lattice space (``SubgoalSpace(..., resolution=n)``), ``DQNLoss`` on their
+            one-hot.
         test_probability: HAC's subgoal-testing rate lambda (0 disables testing).
         goal_space: for a middle level of a 3+-level hierarchy: the space of the subgoals the
             level above sets for this one; the level is then goal-conditioned like
@@ -196,8 +202,11 @@ def subgoal_level(
         reward, control: override the level's reward / return-control rule.
         env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
             entries matching ``space``).
-        gamma, hidden, noise_std, noise_end, annealing_num_steps: learning parameters (see
-            :func:`~torchrl_hier.levels.actor_critic_head`).
+        gamma, hidden, noise_std, noise_end, eps_init, eps_end, annealing_num_steps: learning
+            parameters (see :func:`~torchrl_hier.levels.actor_critic_head` and
+            :func:`~torchrl_hier.levels.dqn_head`).
+        value_range: ``(low, high)`` bounds of its Q-values (HAC bounds them by the returns the
+            level can get, e.g. ``(0, 1)`` for a 0/1 goal reward); ``None``: unbounded.
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -220,20 +229,35 @@ def subgoal_level(
         parent_dim = goal_space.dim + 1
     elif tolerance is not None:
         _check_tolerance(name, tolerance)
-    policy, _, loss = actor_critic_head(
-        obs_dim,
-        space.spec,
-        algorithm=algorithm,
-        parent_dim=parent_dim,
-        goal_space=goal_space,
-        hidden=hidden,
-        gamma=gamma,
-        noise_std=noise_std,
-        noise_end=noise_end,
-        annealing_num_steps=annealing_num_steps,
-        device=device,
-    )
-    modules = [policy]
+    if algorithm == "dqn":
+        if space.resolution is None:
+            raise ValueError(
+                f"Level {name!r}: algorithm='dqn' picks subgoals from a lattice; give its "
+                "SubgoalSpace a resolution= (points per component)."
+            )
+        policy, _, loss = dqn_head(
+            obs_dim, OneHot(space.n_points, dtype=torch.int64), parent_dim=parent_dim,
+            goal_space=goal_space, hidden=hidden, gamma=gamma, eps_init=eps_init,
+            eps_end=eps_end, annealing_num_steps=annealing_num_steps, value_range=value_range,
+            device=device,
+        )
+        modules = [policy, LatticeSubgoal(space, device)]
+    else:
+        policy, _, loss = actor_critic_head(
+            obs_dim,
+            space.spec,
+            algorithm=algorithm,
+            parent_dim=parent_dim,
+            goal_space=goal_space,
+            hidden=hidden,
+            gamma=gamma,
+            noise_std=noise_std,
+            noise_end=noise_end,
+            annealing_num_steps=annealing_num_steps,
+            value_range=value_range,
+            device=device,
+        )
+        modules = [policy]
     if space.relative:
         modules.append(SubgoalToAbsolute(space))
     modules.append(
@@ -277,6 +301,7 @@ def goal_conditioned_level(
     annealing_num_steps: int = 10_000,
     noise_std: float = 0.1,
     noise_end: float | None = None,
+    value_range: tuple[float, float] | None = None,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     lowest: bool = True,
@@ -299,6 +324,7 @@ def goal_conditioned_level(
         tolerance: positive distance under which the subgoal counts as reached.
         horizon: HAC's H, in this level's steps (``None``: only reaching ends a subgoal).
         algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
+        value_range: ``(low, high)`` bounds of its Q-values, e.g. HAC's ``(-horizon, 0)``.
         lowest: True when it emits the env action.
         env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
             entries matching ``goal_space``).
@@ -323,13 +349,14 @@ def goal_conditioned_level(
         policy, _, loss = dqn_head(
             obs_dim, action_spec, parent_dim=parent_dim, goal_space=goal_space, hidden=hidden,
             gamma=gamma, eps_init=eps_init, eps_end=eps_end,
-            annealing_num_steps=annealing_num_steps, device=device,
+            annealing_num_steps=annealing_num_steps, value_range=value_range, device=device,
         )
     elif isinstance(action_spec, Bounded):
         policy, _, loss = actor_critic_head(
             obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
             goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
-            noise_end=noise_end, annealing_num_steps=annealing_num_steps, device=device,
+            noise_end=noise_end, annealing_num_steps=annealing_num_steps,
+            value_range=value_range, device=device,
         )
     else:
         raise TypeError(
