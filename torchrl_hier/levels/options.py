@@ -18,14 +18,14 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictModuleBase
 from torch import Tensor
-from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
+from torchrl.data import OneHot, TensorSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import OneHotCategorical, ProbabilisticActor, ValueOperator
 from torchrl.objectives import DiscreteSACLoss, LossModule, ValueEstimators
 
 from torchrl_hier.control import LevelStep, ModuleRule, ReturnControlRule, Timeout
 from torchrl_hier.level import OBSERVATION, PARENT_ACTION, Level
-from torchrl_hier.levels.parts import InputNet, mlp, actor_critic_head, dqn_head
+from torchrl_hier.levels.parts import InputNet, conditioned_head, dqn_head, mlp
 
 __all__ = [
     "option_level",
@@ -313,9 +313,10 @@ def option_conditioned_level(
             "termination=OptionTermination(...)."
         )
     control = rules[0] if len(rules) == 1 else rules[0] | rules[1]
-    policy, loss = _conditioned_head(
-        name, obs_dim, n_options, action_spec, algorithm, hidden, gamma,
-        eps_init, eps_end, annealing_num_steps, noise_std, device,
+    policy, loss = conditioned_head(
+        name, obs_dim, action_spec, algorithm, parent_dim=n_options, hidden=hidden, gamma=gamma,
+        eps_init=eps_init, eps_end=eps_end, annealing_num_steps=annealing_num_steps,
+        noise_std=noise_std, device=device,
     )
     level = Level(
         name,
@@ -328,32 +329,3 @@ def option_conditioned_level(
         gamma=gamma,
     )
     return level, loss
-
-
-def _conditioned_head(
-    name, obs_dim, parent_dim, action_spec, algorithm, hidden, gamma,
-    eps_init, eps_end, annealing_num_steps, noise_std, device,
-):
-    if isinstance(action_spec, (Categorical, OneHot)):
-        if algorithm not in (None, "dqn"):
-            raise ValueError(
-                f"Level {name!r}: discrete actions ({type(action_spec).__name__}) use "
-                f"algorithm='dqn', got {algorithm!r}."
-            )
-        policy, _, loss = dqn_head(
-            obs_dim, action_spec, parent_dim=parent_dim, hidden=hidden, gamma=gamma,
-            eps_init=eps_init, eps_end=eps_end, annealing_num_steps=annealing_num_steps,
-            device=device,
-        )
-        return policy, loss
-    if isinstance(action_spec, Bounded):
-        policy, _, loss = actor_critic_head(
-            obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
-            hidden=hidden, gamma=gamma, noise_std=noise_std,
-            annealing_num_steps=annealing_num_steps, device=device,
-        )
-        return policy, loss
-    raise TypeError(
-        f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
-        f"got {type(action_spec).__name__}."
-    )

@@ -20,7 +20,7 @@ from tensordict.nn import (
     TensorDictSequential,
 )
 from torch import Tensor, nn
-from torchrl.data import Bounded, Categorical, OneHot
+from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
 from torchrl.modules import (
     MLP,
@@ -242,6 +242,53 @@ def actor_critic_head(
         loss = SACLoss(actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
     return policy, actor, loss
+
+
+def conditioned_head(
+    name: str,
+    obs_dim: int,
+    action_spec: TensorSpec,
+    algorithm: str | None,
+    *,
+    parent_dim: int,
+    goal_space: SubgoalSpace | None = None,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
+    annealing_num_steps: int = 10_000,
+    noise_std: float = 0.1,
+    noise_end: float | None = None,
+    value_range: tuple[float, float] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[TensorDictModuleBase, LossModule]:
+    """The head of a level conditioned on its parent's action (an option or a subgoal):
+    :func:`dqn_head` for a ``Categorical``/``OneHot`` action spec, :func:`actor_critic_head`
+    (TD3 by default, or SAC) for a ``Bounded`` one. Returns ``(policy, loss)``."""
+    if isinstance(action_spec, (Categorical, OneHot)):
+        if algorithm not in (None, "dqn"):
+            raise ValueError(
+                f"Level {name!r}: discrete actions ({type(action_spec).__name__}) use "
+                f"algorithm='dqn', got {algorithm!r}."
+            )
+        policy, _, loss = dqn_head(
+            obs_dim, action_spec, parent_dim=parent_dim, goal_space=goal_space, hidden=hidden,
+            gamma=gamma, eps_init=eps_init, eps_end=eps_end,
+            annealing_num_steps=annealing_num_steps, value_range=value_range, device=device,
+        )
+        return policy, loss
+    if isinstance(action_spec, Bounded):
+        policy, _, loss = actor_critic_head(
+            obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
+            goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
+            noise_end=noise_end, annealing_num_steps=annealing_num_steps,
+            value_range=value_range, device=device,
+        )
+        return policy, loss
+    raise TypeError(
+        f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
+        f"got {type(action_spec).__name__}."
+    )
 
 
 class GreedyWhenTested(TensorDictModuleBase):

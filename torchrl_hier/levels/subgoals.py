@@ -28,7 +28,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torch import Tensor
-from torchrl.data import Bounded, Categorical, OneHot, TensorSpec, Unbounded
+from torchrl.data import Bounded, OneHot, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
 
@@ -48,6 +48,7 @@ from torchrl_hier.levels.parts import (
     SubgoalTestFlag,
     SubgoalToAbsolute,
     actor_critic_head,
+    conditioned_head,
     dqn_head,
 )
 
@@ -340,29 +341,12 @@ def goal_conditioned_level(
     if env is not None:
         check_goal_env(env, name, goal_space)
     parent_dim = goal_space.dim + 1
-    if isinstance(action_spec, (Categorical, OneHot)):
-        if algorithm not in (None, "dqn"):
-            raise ValueError(
-                f"Level {name!r}: discrete actions ({type(action_spec).__name__}) use "
-                f"algorithm='dqn', got {algorithm!r}."
-            )
-        policy, _, loss = dqn_head(
-            obs_dim, action_spec, parent_dim=parent_dim, goal_space=goal_space, hidden=hidden,
-            gamma=gamma, eps_init=eps_init, eps_end=eps_end,
-            annealing_num_steps=annealing_num_steps, value_range=value_range, device=device,
-        )
-    elif isinstance(action_spec, Bounded):
-        policy, _, loss = actor_critic_head(
-            obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
-            goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
-            noise_end=noise_end, annealing_num_steps=annealing_num_steps,
-            value_range=value_range, device=device,
-        )
-    else:
-        raise TypeError(
-            f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
-            f"got {type(action_spec).__name__}."
-        )
+    policy, loss = conditioned_head(
+        name, obs_dim, action_spec, algorithm, parent_dim=parent_dim, goal_space=goal_space,
+        hidden=hidden, gamma=gamma, eps_init=eps_init, eps_end=eps_end,
+        annealing_num_steps=annealing_num_steps, noise_std=noise_std, noise_end=noise_end,
+        value_range=value_range, device=device,
+    )
     level = Level(
         name,
         _goal_conditioned_policy(name, policy, goal_space),
