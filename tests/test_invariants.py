@@ -29,6 +29,7 @@ from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
 from torchrl_hier import Always, Hierarchy, Level, LevelStep, Never, ReturnControlRule, Timeout
+from torchrl_hier.layered import Hierarchy as LayeredHierarchy
 
 # ----------------------------------------------------------------------------- set-up
 
@@ -335,12 +336,10 @@ def collect(s: Scenario, steps_per_batch: int) -> tuple[Hierarchy, TensorDictBas
 def sorted_transitions(hier: Hierarchy, data: TensorDictBase) -> dict[str, TensorDictBase]:
     """Each level's transitions, sorted by (instance, time); a level's transitions of one
     instance do not overlap, so the clock at which they chose (in the action) orders them."""
-    out = {}
-    for name, level_data in hier.transitions(data).items():
-        action = level_data.get("action")
-        key = action[:, INSTANCE] * (10 * data.shape[-1] + 10) + action[:, CLOCK]
-        out[name] = level_data[key.argsort(stable=True)]
-    return out
+    return {
+        name: _sort_by_start(level_data, data.shape[-1])
+        for name, level_data in hier.transitions(data).items()
+    }
 
 
 def _table(rows: list[dict], key: str) -> torch.Tensor:
@@ -353,9 +352,20 @@ def assert_matches_oracle(s: Scenario, hier: Hierarchy, data: TensorDictBase) ->
     completed = data.get(("next", "hier", "completed"))
     want = torch.tensor([e.completed for e in expected], dtype=torch.bool)
     assert torch.equal(completed, want), _first_difference(completed, want)
-    # Transitions, per level.
-    got = sorted_transitions(hier, data)
-    for i, name in enumerate(hier.names):
+    assert_transitions_match(expected, hier.names, sorted_transitions(hier, data))
+
+
+def _sort_by_start(level_data: TensorDictBase, n_steps: int) -> TensorDictBase:
+    action = level_data.get("action")
+    key = action[:, INSTANCE] * (10 * n_steps + 10) + action[:, CLOCK]
+    return level_data[key.argsort(stable=True)]
+
+
+def assert_transitions_match(
+    expected: list[Expected], names: list[str], got: dict[str, TensorDictBase]
+) -> None:
+    """Each level's transitions (sorted by instance and start) equal the simulation's."""
+    for i, name in enumerate(names):
         rows = [row for e in expected for row in e.transitions[i]]
         td = got[name]
         assert td.shape == (len(rows),), f"level {name}: {td.shape[0]} transitions, not {len(rows)}"
@@ -415,6 +425,35 @@ def test_engine_matches_reference_simulation(s: Scenario):
     with their own rewards and obs maps, and 1- or 2-dim env batches."""
     hier, data = rollout(s)
     assert_matches_oracle(s, hier, data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(level_variants=True))
+def test_layered_manual_loop_matches_reference_simulation(s: Scenario):
+    """The LayeredRL-style loop (``get_action`` / ``process_transition`` on stacked tensors,
+    transitions extracted lazily) gives the simulation's transitions and counts, with partial
+    resets of instances out of step."""
+    env = s.env()
+    layered = LayeredHierarchy(s.levels(), env, keep_params=True)
+    td = env.reset()
+    layered.reset()
+    per_step: dict[str, list[TensorDictBase]] = {name: [] for name in layered.names}
+    for _ in range(s.steps):
+        td.set("action", layered.get_action(td.get("observation")))
+        td, root = env.step_and_maybe_reset(td)
+        nxt = td.get("next")
+        out = layered.process_transition(
+            nxt.get("observation"), nxt.get("reward"), nxt.get("terminated"), nxt.get("truncated")
+        )
+        for name in layered.names:
+            per_step[name].append(out[name])
+        td = root
+    expected = [simulate(s, b) for b in range(s.n_instances)]
+    got = {name: _sort_by_start(torch.cat(parts), s.steps) for name, parts in per_step.items()}
+    assert_transitions_match(expected, layered.names, got)
+    assert layered.n_transitions == {
+        name: sum(len(e.transitions[i]) for e in expected) for i, name in enumerate(layered.names)
+    }
 
 
 @pytest.mark.gpu

@@ -405,10 +405,12 @@ def test_get_copy_shares_networks_but_not_state():
     copy_ = hierarchy.get_copy()
     assert copy_.levels[1].policy is low.policy and copy_.learners is hierarchy.learners
     # The copy is fresh (reset) and stepping it does not touch the original's pending step.
-    before = hierarchy._root.clone()
+    before = hierarchy._acting_dict(hierarchy._acting)
     copy_.get_action(obs)
     copy_.process_transition(obs, np.ones(3), np.ones(3, bool), np.zeros(3, bool))
-    assert (hierarchy._root == before).all()
+    after = hierarchy._acting_dict(hierarchy._acting)
+    assert torch.equal(after["action"], before["action"])
+    assert all(torch.equal(after["state"][k], v) for k, v in before["state"].items() if torch.is_tensor(v))
     hierarchy.process_transition(obs, np.ones(3), np.zeros(3, bool), np.zeros(3, bool))
 
 
@@ -573,7 +575,7 @@ def test_save_load_resumes_mid_episode_with_the_same_actions(tmp_path, pending):
     hierarchy.reset()
     _, outputs = _record_steps(env, hierarchy, obs, 25)
     obs = outputs[-1][0]
-    assert not hierarchy._state["completed"][:, 0].all()  # options in flight
+    assert not hierarchy._state.completed[:, 0].all()  # options in flight
     path = tmp_path / "hierarchy.pt"
     pending_step = None
     if pending:
@@ -711,4 +713,4 @@ def test_layered_hierarchy_on_cuda():
     collector.reset(seed=0)
     stats = collector.collect(n_steps=30, learn=False)
     assert stats["transitions"]["primitive"] == 240
-    assert hierarchy._state.device.type == "cuda"
+    assert hierarchy._state.completed.device.type == "cuda"

@@ -1,10 +1,12 @@
-"""The forward and backward passes of a hierarchy, as functions on TensorDicts.
+"""The forward and backward passes of a hierarchy, on a few stacked tensors.
 
-This is the one home of the hierarchy semantics (DESIGN.md §2). The policy
-(:class:`~torchrl_hier.hierarchy.HierarchyPolicy`), the env transform
-(:class:`~torchrl_hier.hierarchy.HierarchyTransform`) and the LayeredRL-style manual-loop API
-all call these functions. Everything is batched over env instances: the work per step is
-O(levels) tensor ops, with no host sync.
+This is the one home of the hierarchy semantics (DESIGN.md §2). The math runs on
+:class:`HierarchyState` (plain tensors, batched over env instances, O(levels) tensor ops per step
+and no host sync): :func:`choose_actions` is the forward pass, :func:`complete_transitions` the
+backward pass. The TorchRL policy and env transform (:mod:`torchrl_hier.hierarchy`) read and
+write the state as TensorDict entries around them (:func:`forward_pass`, :func:`backward_pass`,
+:func:`reset_state`); the LayeredRL-style manual loop (:mod:`torchrl_hier.layered`) keeps the
+tensors and builds TensorDicts only for the level policies and when transitions are consumed.
 
 State carried in the env TensorDict (``n`` levels, batch shape ``B``):
 
@@ -20,14 +22,14 @@ State carried in the env TensorDict (``n`` levels, batch shape ``B``):
   lowest: its pending action and its observation when it chose that action.
 
 ``steps`` and ``return`` are kept as they were at a completion (so a batch shows τ and R of
-completed transitions in ``("next", "hier", ...)``) and restart lazily on the next step.
+completed transitions in ``("next", "hier", ...)``) and restart lazily on the next step
+(:func:`torchrl_hier.smdp.accumulate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,14 @@ from torch import Tensor
 
 from torchrl_hier.control import LevelStep
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
+from torchrl_hier.smdp import RETURN as RETURN_ENTRY
+from torchrl_hier.smdp import STEPS as STEPS_ENTRY
+from torchrl_hier.smdp import accumulate, masked_where
 
 STATE = "hier"
 COMPLETED = (STATE, "completed")
-STEPS = (STATE, "steps")
-RETURN = (STATE, "return")
+STEPS = (STATE, STEPS_ENTRY)
+RETURN = (STATE, RETURN_ENTRY)
 COUNT = (STATE, "count")
 
 
@@ -65,9 +70,76 @@ class EnvKeys:
     truncated: NestedKey = "truncated"
 
 
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """``torch.where`` with a batch mask broadcast over the trailing dims of ``new``."""
-    return torch.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
+@dataclass(frozen=True)
+class HierarchyState:
+    """The per-instance hierarchy state as stacked tensors (see the module docstring).
+
+    ``actions`` and ``observations`` hold one tensor per level above the lowest.
+    """
+
+    completed: Tensor
+    steps: Tensor
+    returns: Tensor
+    count: Tensor
+    actions: tuple[Tensor, ...]
+    observations: tuple[Tensor, ...]
+
+    @classmethod
+    def read(cls, td: TensorDictBase, names: Sequence[str]) -> HierarchyState:
+        """The state under ``"hier"`` in ``td``; ``names``: the levels above the lowest."""
+        return cls.from_entries(_state(td), names)
+
+    @classmethod
+    def from_entries(cls, state: TensorDictBase, names: Sequence[str]) -> HierarchyState:
+        """The state from the ``"hier"`` entries themselves (see :meth:`to_tensordict`)."""
+        carried = [state.get(name) for name in names]
+        return cls(
+            completed=state.get("completed"),
+            steps=state.get(STEPS_ENTRY),
+            returns=state.get(RETURN_ENTRY),
+            count=state.get("count"),
+            actions=tuple(entry.get(ACTION) for entry in carried),
+            observations=tuple(entry.get(OBSERVATION) for entry in carried),
+        )
+
+    def to_tensordict(self, names: Sequence[str], batch_size, device=None) -> TensorDict:
+        """The ``"hier"`` entries as one TensorDict."""
+        return TensorDict(
+            {
+                "completed": self.completed,
+                STEPS_ENTRY: self.steps,
+                RETURN_ENTRY: self.returns,
+                "count": self.count,
+                **{
+                    name: {ACTION: action, OBSERVATION: observation}
+                    for name, action, observation in zip(names, self.actions, self.observations)
+                },
+            },
+            batch_size=batch_size,
+            device=device,
+        )
+
+    def where(self, mask: Tensor, other: HierarchyState) -> HierarchyState:
+        """This state where ``mask`` (batch-shaped), ``other`` elsewhere."""
+        pick = lambda new, old: masked_where(mask, new, old)  # noqa: E731
+        return HierarchyState(
+            completed=pick(self.completed, other.completed),
+            steps=pick(self.steps, other.steps),
+            returns=pick(self.returns, other.returns),
+            count=pick(self.count, other.count),
+            actions=tuple(map(pick, self.actions, other.actions)),
+            observations=tuple(map(pick, self.observations, other.observations)),
+        )
+
+    def clone(self) -> HierarchyState:
+        return HierarchyState(
+            self.completed.clone(),
+            self.steps.clone(),
+            self.returns.clone(),
+            self.count.clone(),
+            tuple(t.clone() for t in self.actions),
+            tuple(t.clone() for t in self.observations),
+        )
 
 
 def level_input(
@@ -78,11 +150,6 @@ def level_input(
     if parent_action is not None:
         data[PARENT_ACTION] = parent_action
     return TensorDict(data, batch_size=batch_size, device=device)
-
-
-def _act(level: Level, level_obs: Tensor, parent_action: Tensor | None, td: TensorDictBase) -> Tensor:
-    out = level.policy(level_input(level_obs, parent_action, td.batch_size, td.device))
-    return written_action(level, out)
 
 
 def written_action(level: Level, out: TensorDictBase) -> Tensor:
@@ -97,6 +164,10 @@ def written_action(level: Level, out: TensorDictBase) -> Tensor:
     return action
 
 
+def _act(level: Level, level_obs: Tensor, parent_action: Tensor | None, batch_size, device) -> Tensor:
+    return written_action(level, level.policy(level_input(level_obs, parent_action, batch_size, device)))
+
+
 def _state(td: TensorDictBase) -> TensorDictBase:
     state = td.get(STATE, None)
     if state is None:
@@ -107,82 +178,83 @@ def _state(td: TensorDictBase) -> TensorDictBase:
     return state
 
 
-def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> TensorDictBase:
-    """Descends the hierarchy: every level at or below the active one chooses a new action.
+# ----------------------------------------------------------------------------- the math
+def choose_actions(
+    levels: Sequence[Level], observation: Tensor, state: HierarchyState, batch_size, device=None
+) -> tuple[Tensor, HierarchyState]:
+    """The forward pass: every level at or below the active one chooses a new action.
 
-    Writes the env action and the pending actions / start observations of the higher levels.
+    Returns the env action and the state with the higher levels' pending actions and start
+    observations updated.
     """
-    state = _state(td)
-    completed = state.get("completed")
-    obs = td.get(keys.observation)
+    actions, observations = [], []
     parent_action = None
     for i, level in enumerate(levels[:-1]):
-        level_obs = level.map_observation(obs)
-        new_action = _act(level, level_obs, parent_action, td)
-        choose = completed[..., i]
-        carried = state.get(level.name)
-        parent_action = _where(choose, new_action, carried.get(ACTION))
-        carried.set(ACTION, parent_action)
-        carried.set(OBSERVATION, _where(choose, level_obs, carried.get(OBSERVATION)))
+        level_obs = level.map_observation(observation)
+        new_action = _act(level, level_obs, parent_action, batch_size, device)
+        choose = state.completed[..., i]
+        parent_action = masked_where(choose, new_action, state.actions[i])
+        actions.append(parent_action)
+        observations.append(masked_where(choose, level_obs, state.observations[i]))
     lowest = levels[-1]
-    td.set(keys.action, _act(lowest, lowest.map_observation(obs), parent_action, td))
-    return td
+    env_action = _act(lowest, lowest.map_observation(observation), parent_action, batch_size, device)
+    return env_action, replace(state, actions=tuple(actions), observations=tuple(observations))
 
 
 def level_steps(
-    td: TensorDictBase, next_td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys
+    levels: Sequence[Level],
+    state: HierarchyState,
+    observation: Tensor,
+    action: Tensor | Callable[[], Tensor],
+    next_observation: Tensor,
+    env_reward: Tensor,
+    root: TensorDictBase | Callable[[], TensorDictBase],
+    next: TensorDictBase | Callable[[], TensorDictBase],
 ) -> list[LevelStep]:
-    """One :class:`LevelStep` per level: what its reward and control rules see."""
-    state = _state(td)
-    env_reward = next_td.get(keys.reward).reshape(td.batch_size)
-    steps = state.get("steps")
+    """One :class:`LevelStep` per level (what its reward and control rules see), after the
+    forward pass produced ``state`` and the env stepped from ``observation`` to
+    ``next_observation``. ``root``/``next`` (the env TensorDicts at t and t+1) and the env
+    ``action`` may be zero-argument callables, built only if a rule reads them."""
     lowest = len(levels) - 1
     out: list[LevelStep] = []
     for i, level in enumerate(levels):
         if i == lowest:
-            read_obs = partial(_mapped, level, td, keys.observation)
-            read_action = partial(td.get, keys.action)
+            read_obs = _lazy_map(level, observation)
+            read_action = action if callable(action) else _constant(action)
         else:
-            read_obs = partial(state.get, (level.name, OBSERVATION))
-            read_action = partial(state.get, (level.name, ACTION))
+            read_obs = _constant(state.observations[i])
+            read_action = _constant(state.actions[i])
         out.append(
             LevelStep(
                 index=i,
                 name=level.name,
-                root=td,
-                next=next_td,
+                root=root,
+                next=next,
                 read_observation=read_obs,
-                read_next_observation=partial(_mapped, level, next_td, keys.observation),
+                read_next_observation=_lazy_map(level, next_observation),
                 read_action=read_action,
                 parent=out[i - 1] if i else None,
                 env_reward=env_reward,
-                steps=steps[..., i],
+                steps=state.steps[..., i],
             )
         )
     return out
 
 
-def _mapped(level: Level, td: TensorDictBase, key: NestedKey) -> Tensor:
-    return level.map_observation(td.get(key))
+def _constant(value: Tensor) -> Callable[[], Tensor]:
+    return lambda: value
 
 
-def backward_pass(
-    td: TensorDictBase,
-    next_td: TensorDictBase,
-    levels: Sequence[Level],
-    keys: EnvKeys,
-    gammas: Tensor,
-) -> TensorDictBase:
-    """Ascends the hierarchy after an env step and writes the new state into ``next_td``.
+def _lazy_map(level: Level, observation: Tensor) -> Callable[[], Tensor]:
+    return lambda: level.map_observation(observation)
 
-    ``gammas`` holds each level's discount, shape ``[n]``, on the env's device.
-    """
-    state = _state(td)
-    prev_completed = state.get("completed")
-    steps = state.get("steps").masked_fill(prev_completed, 0) + 1
-    done = next_td.get(keys.done).reshape(td.batch_size)
 
-    infos = level_steps(td, next_td, levels, keys)
+def complete_transitions(
+    levels: Sequence[Level], state: HierarchyState, infos: list[LevelStep], done: Tensor, gammas: Tensor
+) -> HierarchyState:
+    """The backward pass: which levels completed a transition with this env step, and each
+    level's accumulated τ, discounted reward and control count. ``done``: batch-shaped bool;
+    ``gammas``: each level's discount, ``[n]``."""
     if all(level.reward is None for level in levels):
         rewards = infos[0].env_reward.unsqueeze(-1)
     else:
@@ -193,14 +265,12 @@ def backward_pass(
             ],
             dim=-1,
         )
-    previous_return = state.get("return")
-    returns = torch.addcmul(
-        previous_return.masked_fill(prev_completed, 0), gammas.pow(steps - 1), rewards
-    ).to(previous_return.dtype)
+    prev_completed = state.completed
+    steps, returns = accumulate(state.steps, state.returns, rewards, gammas, restart=prev_completed)
 
     # A level takes control when its parent chooses, i.e. when the parent completed last step.
     took_control = F.pad(prev_completed[..., :-1], (1, 0))
-    count = state.get("count").masked_fill(took_control, 0)
+    count = state.count.masked_fill(took_control, 0)
     n = len(levels)
     completed = [done] * n
     completed[-1] = torch.ones_like(done)
@@ -209,17 +279,58 @@ def backward_pass(
         info.count = count[..., i] + completed[i]
         completed[i - 1] = (completed[i] & levels[i].control(info)) | done
     completed = torch.stack(completed, dim=-1)
+    return replace(state, completed=completed, steps=steps, returns=returns, count=count + completed)
 
-    carried = {level.name: state.get(level.name) for level in levels[:-1]}
+
+# ----------------------------------------------------------------------------- TensorDict side
+def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> TensorDictBase:
+    """:func:`choose_actions` on an env TensorDict: writes the env action and the pending
+    actions / start observations of the higher levels."""
+    names = [level.name for level in levels[:-1]]
+    state = HierarchyState.read(td, names)
+    action, state = choose_actions(levels, td.get(keys.observation), state, td.batch_size, td.device)
+    carried = _state(td)
+    for name, pending, start in zip(names, state.actions, state.observations):
+        entry = carried.get(name)
+        entry.set(ACTION, pending)
+        entry.set(OBSERVATION, start)
+    td.set(keys.action, action)
+    return td
+
+
+def backward_pass(
+    td: TensorDictBase,
+    next_td: TensorDictBase,
+    levels: Sequence[Level],
+    keys: EnvKeys,
+    gammas: Tensor,
+) -> TensorDictBase:
+    """:func:`complete_transitions` on env TensorDicts: writes the new state into ``next_td``."""
+    names = [level.name for level in levels[:-1]]
+    state = HierarchyState.read(td, names)
+    infos = level_steps(
+        levels,
+        state,
+        observation=td.get(keys.observation),
+        action=td.get(keys.action),
+        next_observation=next_td.get(keys.observation),
+        env_reward=next_td.get(keys.reward).reshape(td.batch_size),
+        root=td,
+        next=next_td,
+    )
+    done = next_td.get(keys.done).reshape(td.batch_size)
+    new = complete_transitions(levels, state, infos, done, gammas)
+    carried = _state(td)
     next_td.set(
         STATE,
         TensorDict(
             {
-                "completed": completed,
-                "steps": steps,
-                "return": returns,
-                "count": count + completed,
-                **carried,
+                "completed": new.completed,
+                STEPS_ENTRY: new.steps,
+                RETURN_ENTRY: new.returns,
+                "count": new.count,
+                # The pending actions do not change in the backward pass: share their entries.
+                **{name: carried.get(name) for name in names},
             },
             batch_size=next_td.batch_size,
             device=next_td.device,

@@ -43,15 +43,15 @@ class LevelStep:
     ``env_reward`` the env reward of the step, ``steps`` the env steps in the running
     transition, ``count`` the transitions the level completed since it took control (this
     step's included; env steps for the lowest level), and ``root``/``next`` the env
-    TensorDicts at t and t+1.
+    TensorDicts at t and t+1 (built on first access where the caller has none).
     """
 
     def __init__(
         self,
         index: int,
         name: str,
-        root: TensorDictBase,
-        next: TensorDictBase,
+        root: TensorDictBase | Callable[[], TensorDictBase],
+        next: TensorDictBase | Callable[[], TensorDictBase],
         read_observation: Callable[[], Tensor],
         read_next_observation: Callable[[], Tensor],
         read_action: Callable[[], Tensor],
@@ -61,8 +61,8 @@ class LevelStep:
     ):
         self.index = index
         self.name = name
-        self.root = root
-        self.next = next
+        self._root = root
+        self._next = next
         self._read_observation = read_observation
         self._read_next_observation = read_next_observation
         self._read_action = read_action
@@ -70,6 +70,14 @@ class LevelStep:
         self.env_reward = env_reward
         self.steps = steps
         self.count: Tensor | None = None
+
+    @cached_property
+    def root(self) -> TensorDictBase:
+        return self._root if isinstance(self._root, TensorDictBase) else self._root()
+
+    @cached_property
+    def next(self) -> TensorDictBase:
+        return self._next if isinstance(self._next, TensorDictBase) else self._next()
 
     @cached_property
     def observation(self) -> Tensor:

@@ -14,6 +14,7 @@ from torchrl.envs import EnvBase, Transform
 from torchrl_hier._passes import (
     STATE,
     EnvKeys,
+    HierarchyState,
     backward_pass,
     forward_pass,
     level_input,
@@ -312,7 +313,18 @@ class Hierarchy:
         next_td = env.full_observation_spec.zero().to(self.device)
         next_td.update(env.full_reward_spec.zero().to(self.device))
         next_td.update(env.full_done_spec.zero().to(self.device))
-        for level, step in zip(self.levels, level_steps(td, next_td, self.levels, keys)):
+        names = [level.name for level in self.levels[:-1]]
+        steps = level_steps(
+            self.levels,
+            HierarchyState.read(td, names),
+            observation=td.get(keys.observation),
+            action=td.get(keys.action),
+            next_observation=next_td.get(keys.observation),
+            env_reward=next_td.get(keys.reward).reshape(batch_size),
+            root=td,
+            next=next_td,
+        )
+        for level, step in zip(self.levels, steps):
             step.count = torch.ones(batch_size, dtype=torch.int64, device=self.device)
             checks = [("reward", level.reward)] if level.reward is not None else []
             if step.index > 0:

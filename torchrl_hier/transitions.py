@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from tensordict import TensorDict, TensorDictBase
 
@@ -20,9 +20,13 @@ STEPS_TO_NEXT_OBS = "steps_to_next_obs"
 
 
 def level_transitions(
-    batch: TensorDictBase, levels: Sequence[Level], keys: EnvKeys
+    batch: TensorDictBase,
+    levels: Sequence[Level],
+    keys: EnvKeys,
+    names: Sequence[str] | None = None,
 ) -> dict[str, TensorDict]:
-    """Each level's completed transitions in ``batch`` (any batch shape, e.g. ``[envs, time]``).
+    """Each level's completed transitions in ``batch`` (any batch shape, e.g. ``[envs, time]``);
+    only those of the levels in ``names`` when given.
 
     A level's transitions are flat TensorDicts holding ``observation``, ``parent_action``
     (below the top), ``action``, ``steps_to_next_obs`` (τ), and under ``"next"``:
@@ -52,6 +56,8 @@ def level_transitions(
     lowest = len(levels) - 1
     out = {}
     for i, level in enumerate(levels):
+        if names is not None and level.name not in names:
+            continue
         if i == lowest:
             observation, action = level.map_observation(obs), batch.get(keys.action)
         else:
@@ -75,3 +81,31 @@ def level_transitions(
         # Transitions are data: a rollout run with grad enabled must not leak its graph.
         out[level.name] = level_batch[completed[..., i]].detach()
     return out
+
+
+class LazyTransitions(Mapping[str, TensorDict]):
+    """``{level name: transitions}`` that extracts a level's transitions when first read.
+
+    ``extract(names)`` returns the transitions of the named levels; results are cached.
+    """
+
+    def __init__(self, extract: Callable[[Sequence[str]], dict[str, TensorDict]], names: Sequence[str]):
+        self._extract = extract
+        self._names = list(names)
+        self._cache: dict[str, TensorDict] = {}
+
+    def __getitem__(self, name: str) -> TensorDict:
+        if name not in self._cache:
+            if name not in self._names:
+                raise KeyError(f"No level named {name!r} (levels: {self._names}).")
+            self._cache.update(self._extract([name]))
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(levels={self._names}, extracted={sorted(self._cache)})"

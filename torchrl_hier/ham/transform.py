@@ -1,4 +1,5 @@
-"""The HAM's env transform: per choice point, accumulates reward and τ between choices."""
+"""The HAM's env transform: per choice point, accumulates reward and τ between choices
+(with the semi-MDP accumulator of :mod:`torchrl_hier.smdp`, shared with level stacks)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import Transform
 
 from torchrl_hier.ham import _keys as K
+from torchrl_hier.smdp import RETURN, STEPS, accumulate, accumulator_specs, masked_where
 
 if TYPE_CHECKING:
     from torchrl_hier.ham.ham import HAM
@@ -56,8 +58,7 @@ class HAMTransform(Transform):
         return Composite(
             {
                 "restart": Categorical(2, b, dtype=torch.bool),
-                "steps": Unbounded((*b, c), dtype=torch.int64),
-                "return": Unbounded((*b, c), dtype=self.ham.reward_dtype),
+                **accumulator_specs(b, c, self.ham.reward_dtype),
                 "pending": Binary(c, (*b, c), dtype=torch.bool) if c else Unbounded((*b, 0), dtype=torch.bool),
                 **per_point,
             },
@@ -112,11 +113,9 @@ class HAMTransform(Transform):
         else:
             chose = torch.zeros(*batch, 0, dtype=torch.bool, device=reward.device)
         pending = state.get("pending") | chose
-        steps = (state.get("steps").masked_fill(chose, 0) + 1).masked_fill(~pending, 0)
-        discount = self.gammas.to(reward.device).pow(steps - 1).to(reward.dtype)
-        returns = (state.get("return").masked_fill(chose, 0) + discount * reward).masked_fill(
-            ~pending, 0
-        ).to(ham.reward_dtype)
+        steps, returns = accumulate(
+            state.get(STEPS), state.get(RETURN), reward, self.gammas, restart=chose, active=pending
+        )
         observation = tensordict.get(ham.observation_key)
         per_point = {}
         for i, point in enumerate(self.points):
@@ -125,7 +124,7 @@ class HAMTransform(Transform):
             made = count > 0
             last = (count - 1).clamp_min(0)
             entry = {
-                K.OBSERVATION: _where(
+                K.OBSERVATION: masked_where(
                     made, point.map_observation(observation), carried.get(K.OBSERVATION)
                 ),
                 K.N: torch.zeros_like(count),
@@ -135,15 +134,15 @@ class HAMTransform(Transform):
                     continue
                 old = carried.get(leaf)
                 events = state.get((point.name, event), None)
-                entry[leaf] = old if events is None else _where(made, _at_slot(events, last, nb), old)
+                entry[leaf] = old if events is None else masked_where(made, _at_slot(events, last, nb), old)
             per_point[point.name] = TensorDict(entry, batch_size=batch)
         next_tensordict.set(
             K.STATE,
             TensorDict(
                 {
                     "restart": torch.zeros(batch, dtype=torch.bool, device=reward.device),
-                    "steps": steps,
-                    "return": returns,
+                    STEPS: steps,
+                    RETURN: returns,
                     "pending": pending,
                     **per_point,
                 },
@@ -158,10 +157,6 @@ class HAMTransform(Transform):
             "HAMTransform works inside an env (TransformedEnv(env, ham.transform)); it has no "
             "meaning on replay-buffer data. Use ham.transitions(batch)."
         )
-
-
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    return torch.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
 
 
 def _at_slot(events: Tensor, slot: Tensor, nb: int) -> Tensor:

@@ -313,7 +313,7 @@ class Collector:
             )
         episodes = self._episodes
         since = episodes.mark()
-        transitions = {name: 0 for name in hierarchy.names}
+        counts_before = hierarchy.n_transitions
         loss_sums: dict[str, dict[str, float]] = {}
         loss_counts: dict[str, dict[str, int]] = {}
         evaluations = []
@@ -330,11 +330,9 @@ class Collector:
                 with torch.no_grad():
                     action = hierarchy.get_action(self._obs)
                 step = self.runner.step(action)
-                level_data = hierarchy.process_transition(
+                hierarchy.process_transition(
                     step.obs_transition, step.reward, step.terminated, step.truncated
                 )
-                for name, data in level_data.items():
-                    transitions[name] += data.numel()
                 if learn:
                     for name, logs in hierarchy.learn().items():
                         sums = loss_sums.setdefault(name, {})
@@ -357,6 +355,8 @@ class Collector:
             bar.close()
         elapsed = max(time.perf_counter() - start - eval_time, 1e-9)
         stats = self._episodes.summary(since)
+        counts_after = hierarchy.n_transitions
+        transitions = {name: counts_after[name] - counts_before[name] for name in counts_after}
         stats.update(
             vector_steps=int(n_steps),
             env_steps=int(n_steps) * self.runner.n,

@@ -1,9 +1,11 @@
 """LayeredRL's ``Hierarchy`` API (``get_action`` / ``process_transition`` on a vector env), run
-by the engine's passes: the per-instance state is the engine's ``"hier"`` TensorDict, the
-forward pass is :func:`torchrl_hier._passes.forward_pass`, the backward pass
-:func:`~torchrl_hier._passes.backward_pass`, episode ends :func:`~torchrl_hier._passes.reset_state`
-and the transitions :func:`torchrl_hier.transitions.level_transitions`, exactly as in a TorchRL
-collector with ``hierarchy.transform``.
+by the engine's passes: the per-instance state is the engine's
+:class:`~torchrl_hier._passes.HierarchyState` (a few stacked tensors), the forward pass is
+:func:`~torchrl_hier._passes.choose_actions`, the backward pass
+:func:`~torchrl_hier._passes.complete_transitions` and the transitions
+:func:`torchrl_hier.transitions.level_transitions`, exactly as in a TorchRL collector with
+``hierarchy.transform``. TensorDicts are built only for the level policies and when transitions
+are read (by a level's learner, or by the caller of :meth:`Hierarchy.process_transition`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_hier._passes import STATE, backward_pass, forward_pass, reset_state
+from torchrl_hier._passes import (
+    STATE,
+    HierarchyState,
+    choose_actions,
+    complete_transitions,
+    level_steps,
+)
 from torchrl_hier.hierarchy import Hierarchy as EngineHierarchy
 from torchrl_hier.layered._specs import (
     EnvSpecs,
@@ -33,11 +41,11 @@ from torchrl_hier.layered._specs import (
 from torchrl_hier.learning import LevelLearner
 from torchrl_hier.level import Level
 from torchrl_hier.levels import random_level
-from torchrl_hier.transitions import level_transitions
+from torchrl_hier.transitions import LazyTransitions, level_transitions
 
 __all__ = ["Hierarchy", "RandomHierarchy"]
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
 
 
 class Hierarchy:
@@ -105,10 +113,10 @@ class Hierarchy:
             _check_initialised(self.levels)
         self.training = True
         self.n_total_env_steps = 0
-        self.n_transitions = {level.name: 0 for level in self.levels}
-        self._state: TensorDictBase | None = None
-        self._root: TensorDictBase | None = None
+        self._state: HierarchyState | None = None
+        self._acting: _Acting | None = None
         self._build(self._specs.n_envs)
+        self._completed_counts = torch.zeros(len(self.levels), dtype=torch.int64, device=self.device)
         self.learners = self._check_learners(learners)
         if not keep_params:
             self._init_params()
@@ -121,7 +129,11 @@ class Hierarchy:
         self.keys = self.engine.keys
         transform = self.engine.transform
         self._gammas = transform.gammas.to(self.device)
-        self._initial = transform.initial_state(torch.Size([n]), self.device)
+        self._batch_size = torch.Size([n])
+        self._upper_names = [level.name for level in self.levels[:-1]]
+        self._initial = HierarchyState.from_entries(
+            transform.initial_state(self._batch_size, self.device), self._upper_names
+        )
         self.n_env_instances = n
 
     def _check_learners(self, learners: Mapping[str, LevelLearner] | None) -> dict[str, LevelLearner]:
@@ -185,7 +197,7 @@ class Hierarchy:
         Call it once at the beginning, not at episode ends (:meth:`process_transition` handles
         those, as the env's autoreset does)."""
         self._state = self._initial.clone()
-        self._root = None
+        self._acting = None
 
     def get_action(self, obs: Tensor | np.ndarray) -> Tensor:
         """The env action for ``obs`` (shape ``[n_env_instances, *obs_shape]``): every level at
@@ -197,23 +209,20 @@ class Hierarchy:
                 "get_action() was called before reset(): call hierarchy.reset() once at the "
                 "start of the session (after env.reset())."
             )
-        if self._root is not None:
+        if self._acting is not None:
             raise RuntimeError(
                 "get_action() was called twice without process_transition() in between: the "
                 "hierarchy expects get_action, env.step, process_transition, in that order."
             )
         obs = self._as_observation(obs, "obs")
         self._sync_mode()
-        td = TensorDict(
-            {self.keys.observation: obs, STATE: self._state},
-            batch_size=[self.n_env_instances],
-            device=self.device,
-        )
         exploration = ExplorationType.RANDOM if self.training else ExplorationType.DETERMINISTIC
         with torch.no_grad(), set_exploration_type(exploration):
-            forward_pass(td, self.levels, self.keys)
-        self._root = td
-        return td.get(self.keys.action)
+            action, state = choose_actions(
+                self.levels, obs, self._state, self._batch_size, self.device
+            )
+        self._acting = _Acting(obs, action, state)
+        return action
 
     def process_transition(
         self,
@@ -221,16 +230,18 @@ class Hierarchy:
         rew: Tensor | np.ndarray,
         terminated: Tensor | np.ndarray,
         truncated: Tensor | np.ndarray,
-    ) -> dict[str, TensorDict]:
+    ) -> Mapping[str, TensorDict]:
         """Runs the backward pass for the last :meth:`get_action`'s env step.
 
         ``obs_next`` must be the observation the step reached: at an episode end, the *final*
         observation (gymnasium 1.x: ``info["final_obs"]``), not the reset one. Returns each
-        level's completed transitions (``{name: TensorDict}``, the same as
-        ``torchrl_hier.Hierarchy.transitions``); in training mode they are also handed to the
-        level's learner. Instances whose episode ended restart with the top level.
+        level's completed transitions as a mapping ``{name: TensorDict}`` (the same as
+        ``torchrl_hier.Hierarchy.transitions``) that extracts a level's transitions only when
+        it is read; in training mode those of levels with a learner are handed to it.
+        Instances whose episode ended restart with the top level.
         """
-        if self._root is None:
+        acting = self._acting
+        if acting is None:
             if self._state is None:
                 raise RuntimeError(
                     "process_transition() was called before reset() and get_action()."
@@ -239,40 +250,76 @@ class Hierarchy:
                 "process_transition() was called without a preceding get_action(): the "
                 "hierarchy expects get_action, env.step, process_transition, in that order."
             )
-        n = self.n_env_instances
         obs_next = self._as_observation(obs_next, "obs_next")
         rew = self._as_flag_like(rew, "rew", self._specs.reward_dtype)
         terminated = self._as_flag_like(terminated, "terminated", torch.bool)
         truncated = self._as_flag_like(truncated, "truncated", torch.bool)
         done = terminated | truncated
-        root = self._root
-        next_td = TensorDict(
+        step = _Step(obs_next, rew, done, terminated, truncated)
+        with torch.no_grad():
+            infos = level_steps(
+                self.levels,
+                acting.state,
+                observation=acting.observation,
+                action=acting.action,
+                next_observation=obs_next,
+                env_reward=rew.reshape(self._batch_size),
+                root=lambda: self._root_tensordict(acting),
+                next=lambda: self._next_tensordict(step),
+            )
+            new = complete_transitions(
+                self.levels, acting.state, infos, done.reshape(self._batch_size), self._gammas
+            )
+        self._completed_counts += new.completed.sum(0)
+        transitions = LazyTransitions(
+            lambda names: self._extract(acting, step, new, names), self.names
+        )
+        if self.training:
+            for name, learner in self.learners.items():
+                learner.extend(transitions[name])
+        self._state = self._initial.where(done.reshape(self._batch_size), new)
+        self._acting = None
+        self.n_total_env_steps += self.n_env_instances
+        return transitions
+
+    @property
+    def n_transitions(self) -> dict[str, int]:
+        """Transitions each level completed so far (reading it syncs with the device)."""
+        return dict(zip(self.names, self._completed_counts.tolist()))
+
+    def _root_tensordict(self, acting: _Acting) -> TensorDict:
+        """The env TensorDict at t (observation, action, hierarchy state), as a collector has it."""
+        return TensorDict(
             {
-                self.keys.observation: obs_next,
-                self.keys.reward: rew,
-                self.keys.done: done,
-                self.keys.terminated: terminated,
-                self.keys.truncated: truncated,
+                self.keys.observation: acting.observation,
+                self.keys.action: acting.action,
+                STATE: acting.state.to_tensordict(self._upper_names, self._batch_size),
             },
-            batch_size=[n],
+            batch_size=self._batch_size,
             device=self.device,
         )
-        with torch.no_grad():
-            backward_pass(root, next_td, self.levels, self.keys, self._gammas)
-            root.set("next", next_td)
-            transitions = level_transitions(root, self.levels, self.keys)
-        for name, data in transitions.items():
-            self.n_transitions[name] += data.numel()
-            learner = self.learners.get(name)
-            if self.training and learner is not None:
-                learner.extend(data)
-        state = reset_state(
-            TensorDict({}, batch_size=[n], device=self.device), self._initial, next_td, done
-        ).get(STATE)
-        self._state = state
-        self._root = None
-        self.n_total_env_steps += n
-        return transitions
+
+    def _next_tensordict(self, step: _Step) -> TensorDict:
+        return TensorDict(
+            {
+                self.keys.observation: step.observation,
+                self.keys.reward: step.reward,
+                self.keys.done: step.done,
+                self.keys.terminated: step.terminated,
+                self.keys.truncated: step.truncated,
+            },
+            batch_size=self._batch_size,
+            device=self.device,
+        )
+
+    def _extract(
+        self, acting: _Acting, step: _Step, new: HierarchyState, names: Sequence[str]
+    ) -> dict[str, TensorDict]:
+        root = self._root_tensordict(acting)
+        next_td = self._next_tensordict(step)
+        next_td.set(STATE, new.to_tensordict(self._upper_names, self._batch_size))
+        root.set("next", next_td)
+        return level_transitions(root, self.levels, self.keys, names=names)
 
     def learn(self) -> dict[str, dict[str, float]]:
         """Calls each level's learner (the gradient steps its update ratio owes); returns
@@ -321,7 +368,7 @@ class Hierarchy:
         buffers with the copy's transitions.
         """
         other = copy.copy(self)
-        other.n_transitions = {name: 0 for name in self.names}
+        other._completed_counts = torch.zeros_like(self._completed_counts)
         other.n_total_env_steps = 0
         other.reset()
         return other
@@ -344,7 +391,7 @@ class Hierarchy:
                     if callable(resize):
                         resize(n_env_instances)
         self._state = self._initial.clone() if was_reset else None
-        self._root = None
+        self._acting = None
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike, include_buffers: bool = False, rng: bool = True) -> None:
@@ -360,8 +407,8 @@ class Hierarchy:
                 for name, learner in self.learners.items()
             },
             "n_env_instances": self.n_env_instances,
-            "state": None if self._state is None else self._state.to_dict(),
-            "root": None if self._root is None else self._root.to_dict(),
+            "state": None if self._state is None else self._state_dict(self._state),
+            "acting": None if self._acting is None else self._acting_dict(self._acting),
             "training": self.training,
             "n_total_env_steps": self.n_total_env_steps,
             "n_transitions": dict(self.n_transitions),
@@ -400,18 +447,43 @@ class Hierarchy:
         n = checkpoint["n_env_instances"]
         if n != self.n_env_instances:
             self.set_n_env_instances(n)
-        n_batch = [n]
-        self._state = _from_dict(checkpoint["state"], n_batch, self.device)
-        self._root = _from_dict(checkpoint["root"], n_batch, self.device)
+        self._state = self._state_from(checkpoint["state"])
+        self._acting = self._acting_from(checkpoint["acting"])
         self.training = checkpoint["training"]
         self._sync_mode()
         self.n_total_env_steps = checkpoint["n_total_env_steps"]
-        self.n_transitions = dict(checkpoint["n_transitions"])
+        counts = checkpoint["n_transitions"]
+        self._completed_counts = torch.tensor(
+            [counts[name] for name in self.names], dtype=torch.int64, device=self.device
+        )
         rng = checkpoint.get("rng")
         if rng is not None:
             torch.set_rng_state(rng["cpu"].cpu())
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+
+    def _state_dict(self, state: HierarchyState) -> dict:
+        return state.to_tensordict(self._upper_names, self._batch_size).to_dict()
+
+    def _state_from(self, data: dict | None) -> HierarchyState | None:
+        td = _from_dict(data, self._batch_size, self.device)
+        return None if td is None else HierarchyState.from_entries(td, self._upper_names)
+
+    def _acting_dict(self, acting: _Acting) -> dict:
+        return {
+            "observation": acting.observation,
+            "action": acting.action,
+            "state": self._state_dict(acting.state),
+        }
+
+    def _acting_from(self, data: dict | None) -> _Acting | None:
+        if data is None:
+            return None
+        return _Acting(
+            data["observation"].to(self.device),
+            data["action"].to(self.device),
+            self._state_from(data["state"]),
+        )
 
     # ----------------------------------------------------------------------------- input checks
     def _as_observation(self, obs: Tensor | np.ndarray, what: str) -> Tensor:
@@ -455,6 +527,26 @@ class RandomHierarchy(Hierarchy):
 
 
 # --------------------------------------------------------------------------------- helpers
+@dataclasses.dataclass(frozen=True)
+class _Acting:
+    """What :meth:`Hierarchy.get_action` leaves for :meth:`Hierarchy.process_transition`."""
+
+    observation: Tensor
+    action: Tensor
+    state: HierarchyState
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """The env step that :meth:`Hierarchy.process_transition` receives (``[n, 1]`` flags)."""
+
+    observation: Tensor
+    reward: Tensor
+    done: Tensor
+    terminated: Tensor
+    truncated: Tensor
+
+
 def _to_tensor(value: Tensor | np.ndarray, what: str, device: torch.device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(device)
