@@ -546,7 +546,7 @@ def test_top_level_acts_first_after_an_episode_ends(s: Scenario):
     assert torch.equal(root_completed[:, 1:][later], next_completed[:, :-1][later])
     clock = obs[..., CLOCK]
     for i, level in enumerate(hier.levels[:-1]):
-        pending = data.get(("hier", level.name, "action"))
+        pending = data.get(("hier", f"{level.name}_action"))
         chose_now = pending[..., CLOCK] == clock
         assert torch.equal(chose_now, root_completed[..., i]), level.name
         kept = ~root_completed[:, 1:, i]
@@ -555,7 +555,7 @@ def test_top_level_acts_first_after_an_episode_ends(s: Scenario):
     action = data.get("action")
     assert torch.equal(action[..., CLOCK], clock)
     if len(hier.levels) > 1:
-        parent = data.get(("hier", hier.levels[-2].name, "action"))
+        parent = data.get(("hier", f"{hier.levels[-2].name}_action"))
         assert torch.equal(action[..., 2], parent[..., CLOCK])
 
 

@@ -4,9 +4,9 @@ This is the one home of the hierarchy semantics (DESIGN.md §2). The math runs o
 :class:`HierarchyState` (plain tensors, batched over env instances, O(levels) tensor ops per step
 and no host sync): :func:`choose_actions` is the forward pass, :func:`complete_transitions` the
 backward pass. The TorchRL policy and env transform (:mod:`torchrl_hier.hierarchy`) read and
-write the state as TensorDict entries around them (:func:`forward_pass`, :func:`backward_pass`,
-:func:`reset_state`); the LayeredRL-style manual loop (:mod:`torchrl_hier.layered`) keeps the
-tensors and builds TensorDicts only for the level policies and when transitions are consumed.
+write the state as TensorDict entries around them (:func:`forward_pass`, :func:`backward_pass`);
+the LayeredRL-style manual loop (:mod:`torchrl_hier.layered`) keeps the tensors and builds
+TensorDicts only for the level policies and when transitions are consumed.
 
 State carried in the env TensorDict (``n`` levels, batch shape ``B``):
 
@@ -18,8 +18,11 @@ State carried in the env TensorDict (``n`` levels, batch shape ``B``):
 - ``("hier", "return")`` float ``[*B, n]``: ``sum_k gamma**k r_k`` over those steps.
 - ``("hier", "count")`` int64 ``[*B, n]``: transitions the level completed since it took
   control (what :class:`~torchrl_hier.control.Timeout` counts).
-- ``("hier", name, "action")`` and ``("hier", name, "observation")`` for every level but the
-  lowest: its pending action and its observation when it chose that action.
+- ``("hier", f"{name}_action")`` and ``("hier", f"{name}_observation")`` for every level but
+  the lowest: its pending action and its observation when it chose that action.
+
+All entries are leaves of the one ``"hier"`` TensorDict: TorchRL's per-step cost (``step_mdp``,
+resets, collector storage) grows with every carried entry and every nested TensorDict.
 
 ``steps`` and ``return`` are kept as they were at a completion (so a batch shows τ and R of
 completed transitions in ``("next", "hier", ...)``) and restart lazily on the next step
@@ -50,12 +53,27 @@ RETURN = (STATE, RETURN_ENTRY)
 COUNT = (STATE, "count")
 
 
-def pending_action_key(name: str) -> tuple[str, str, str]:
-    return (STATE, name, ACTION)
+def pending_action_entry(name: str) -> str:
+    """The entry of ``"hier"`` holding level ``name``'s pending action."""
+    return f"{name}_{ACTION}"
 
 
-def start_observation_key(name: str) -> tuple[str, str, str]:
-    return (STATE, name, OBSERVATION)
+def start_observation_entry(name: str) -> str:
+    """The entry of ``"hier"`` holding level ``name``'s observation when it chose."""
+    return f"{name}_{OBSERVATION}"
+
+
+def pending_action_key(name: str) -> tuple[str, str]:
+    return (STATE, pending_action_entry(name))
+
+
+def start_observation_key(name: str) -> tuple[str, str]:
+    return (STATE, start_observation_entry(name))
+
+
+def carried_entries(names: Sequence[str]) -> list[str]:
+    """The ``"hier"`` entries of the levels ``names`` (those above the lowest)."""
+    return [entry for name in names for entry in (pending_action_entry(name), start_observation_entry(name))]
 
 
 @dataclass(frozen=True)
@@ -92,14 +110,13 @@ class HierarchyState:
     @classmethod
     def from_entries(cls, state: TensorDictBase, names: Sequence[str]) -> HierarchyState:
         """The state from the ``"hier"`` entries themselves (see :meth:`to_tensordict`)."""
-        carried = [state.get(name) for name in names]
         return cls(
             completed=state.get("completed"),
             steps=state.get(STEPS_ENTRY),
             returns=state.get(RETURN_ENTRY),
             count=state.get("count"),
-            actions=tuple(entry.get(ACTION) for entry in carried),
-            observations=tuple(entry.get(OBSERVATION) for entry in carried),
+            actions=tuple(state.get(pending_action_entry(name)) for name in names),
+            observations=tuple(state.get(start_observation_entry(name)) for name in names),
         )
 
     def to_tensordict(self, names: Sequence[str], batch_size, device=None) -> TensorDict:
@@ -110,9 +127,10 @@ class HierarchyState:
                 STEPS_ENTRY: self.steps,
                 RETURN_ENTRY: self.returns,
                 "count": self.count,
+                **{pending_action_entry(name): action for name, action in zip(names, self.actions)},
                 **{
-                    name: {ACTION: action, OBSERVATION: observation}
-                    for name, action, observation in zip(names, self.actions, self.observations)
+                    start_observation_entry(name): observation
+                    for name, observation in zip(names, self.observations)
                 },
             },
             batch_size=batch_size,
@@ -291,9 +309,8 @@ def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> 
     action, state = choose_actions(levels, td.get(keys.observation), state, td.batch_size, td.device)
     carried = _state(td)
     for name, pending, start in zip(names, state.actions, state.observations):
-        entry = carried.get(name)
-        entry.set(ACTION, pending)
-        entry.set(OBSERVATION, start)
+        carried.set(pending_action_entry(name), pending)
+        carried.set(start_observation_entry(name), start)
     td.set(keys.action, action)
     return td
 
@@ -330,27 +347,10 @@ def backward_pass(
                 RETURN_ENTRY: new.returns,
                 "count": new.count,
                 # The pending actions do not change in the backward pass: share their entries.
-                **{name: carried.get(name) for name in names},
+                **{entry: carried.get(entry) for entry in carried_entries(names)},
             },
             batch_size=next_td.batch_size,
             device=next_td.device,
         ),
     )
     return next_td
-
-
-def reset_state(
-    td_reset: TensorDictBase, initial_state: TensorDictBase, previous: TensorDictBase | None,
-    reset: Tensor | None,
-) -> TensorDictBase:
-    """Writes the initial hierarchy state into ``td_reset`` for the instances being reset.
-
-    ``initial_state`` holds the ``"hier"`` entries at their initial values (all levels completed,
-    zeros elsewhere); instances not in ``reset`` keep their ``previous`` state.
-    """
-    state = initial_state
-    if reset is not None and previous is not None and STATE in previous.keys():
-        reset = reset.reshape(td_reset.batch_size)
-        state = initial_state.where(reset, previous.get(STATE))
-    td_reset.set(STATE, state)
-    return td_reset

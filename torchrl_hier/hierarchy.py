@@ -19,12 +19,13 @@ from torchrl_hier._passes import (
     forward_pass,
     level_input,
     level_steps,
+    pending_action_entry,
     pending_action_key,
-    reset_state,
+    start_observation_entry,
     start_observation_key,
     written_action,
 )
-from torchrl_hier.level import ACTION, Level
+from torchrl_hier.level import Level
 from torchrl_hier.transitions import level_transitions
 
 __all__ = ["Hierarchy", "HierarchyPolicy", "HierarchyTransform"]
@@ -77,16 +78,14 @@ class HierarchyTransform(Transform):
         """Spec of the ``"hier"`` entries for the given env batch shape."""
         n = len(self.levels)
         shape = (*batch_size, n)
-        per_level = {
-            name: Composite(
-                {
-                    ACTION: Unbounded((*batch_size, *action.shape), dtype=action.dtype),
-                    "observation": Unbounded((*batch_size, *obs.shape), dtype=obs.dtype),
-                },
-                shape=batch_size,
+        per_level = {}
+        for name, (action, obs) in self.level_specs.items():
+            per_level[pending_action_entry(name)] = Unbounded(
+                (*batch_size, *action.shape), dtype=action.dtype
             )
-            for name, (action, obs) in self.level_specs.items()
-        }
+            per_level[start_observation_entry(name)] = Unbounded(
+                (*batch_size, *obs.shape), dtype=obs.dtype
+            )
         return Composite(
             {
                 "completed": Binary(n, shape=shape, dtype=torch.bool),
@@ -100,12 +99,16 @@ class HierarchyTransform(Transform):
         )
 
     def initial_state(self, batch_size: torch.Size, device: torch.device | None) -> TensorDictBase:
+        """The ``"hier"`` entries at the start of an episode (a fresh copy)."""
+        return self._shared_initial_state(batch_size, device).clone()
+
+    def _shared_initial_state(self, batch_size: torch.Size, device) -> TensorDictBase:
         cached = self._initial_state
         if cached is None or cached.batch_size != batch_size or cached.device != device:
             cached = self.state_spec(batch_size, device).zero()
             cached.get("completed").fill_(True)
             self._initial_state = cached
-        return cached.clone()
+        return cached
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
         observation_spec[STATE] = self.state_spec(
@@ -126,12 +129,12 @@ class HierarchyTransform(Transform):
         return input_spec
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
-        reset = None
-        if tensordict is not None:
-            reset_key = self.parent.reset_keys[0] if self.parent is not None else "_reset"
-            reset = tensordict.get(reset_key, None)
-        initial = self.initial_state(tensordict_reset.batch_size, tensordict_reset.device)
-        return reset_state(tensordict_reset, initial, tensordict, reset)
+        # The initial state for every instance: on a partial reset, the env (EnvBase.reset,
+        # after all transforms) keeps the entries of the instances not being reset, for
+        # these entries as for the observations.
+        initial = self._shared_initial_state(tensordict_reset.batch_size, tensordict_reset.device)
+        tensordict_reset.set(STATE, initial.clone())
+        return tensordict_reset
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase):
         return backward_pass(tensordict, next_tensordict, self.levels, self.keys, self.gammas)

@@ -25,7 +25,8 @@ class Level:
     """One level of a hierarchy.
 
     Args:
-        name: unique name; keys of this level's state live under ``("hier", name)``.
+        name: unique name; this level's pending action and start observation are carried as
+            ``("hier", f"{name}_action")`` and ``("hier", f"{name}_observation")``.
         policy: a ``TensorDictModule`` reading ``"observation"`` (this level's mapped env
             observation) and, below the top, ``"parent_action"`` (the action of the level
             above), and writing ``"action"``.

@@ -250,6 +250,8 @@ class Hierarchy:
                 "process_transition() was called without a preceding get_action(): the "
                 "hierarchy expects get_action, env.step, process_transition, in that order."
             )
+        # Flags that live on the host tell for free whether any episode ended.
+        any_done = _any_on_host(terminated, truncated)
         obs_next = self._as_observation(obs_next, "obs_next")
         rew = self._as_flag_like(rew, "rew", self._specs.reward_dtype)
         terminated = self._as_flag_like(terminated, "terminated", torch.bool)
@@ -277,7 +279,10 @@ class Hierarchy:
         if self.training:
             for name, learner in self.learners.items():
                 learner.extend(transitions[name])
-        self._state = self._initial.where(done.reshape(self._batch_size), new)
+        if any_done is False:
+            self._state = new
+        else:
+            self._state = self._initial.where(done.reshape(self._batch_size), new)
         self._acting = None
         self.n_total_env_steps += self.n_env_instances
         return transitions
@@ -556,6 +561,14 @@ def _to_tensor(value: Tensor | np.ndarray, what: str, device: torch.device) -> T
         raise TypeError(
             f"{what} must be a tensor or a numpy array, got {type(value).__name__}: {err}"
         ) from err
+
+
+def _any_on_host(*flags: Tensor | np.ndarray) -> bool | None:
+    """Whether any flag is set, if all are host data (numpy, cpu tensors); ``None`` otherwise
+    (asking a device tensor would sync with the device)."""
+    if not all(isinstance(f, np.ndarray) or (isinstance(f, Tensor) and f.device.type == "cpu") for f in flags):
+        return None
+    return any(bool(f.any()) for f in flags)
 
 
 def _from_dict(data: dict | None, batch_size, device) -> TensorDictBase | None:

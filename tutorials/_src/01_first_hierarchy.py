@@ -137,8 +137,8 @@ print(batch.batch_size)
 # | `return` | float | its discounted reward so far, $\sum_k \gamma^k r_k$ |
 # | `count` | int64 | transitions it completed since it took control (what `Timeout` counts) |
 #
-# and for each level above the lowest, `("hier", name, "action")` (its pending action) and
-# `("hier", name, "observation")` (its observation when it chose it).
+# and for each level above the lowest, `("hier", f"{name}_action")` (its pending action) and
+# `("hier", f"{name}_observation")` (its observation when it chose it).
 
 # %%
 print(batch["next", "hier"])
@@ -147,7 +147,7 @@ print(batch["next", "hier"])
 i = 0  # one instance, first 20 steps
 t = slice(0, 20)
 print("walker action    ", batch["action"][i, t].tolist())
-print("pending option   ", batch["hier", "option", "action"][i, t].tolist())
+print("pending option   ", batch["hier", "option_action"][i, t].tolist())
 print("option completed ", batch["next", "hier", "completed"][i, t, 0].int().tolist())
 print("option steps (τ) ", batch["next", "hier", "steps"][i, t, 0].tolist())
 
@@ -188,7 +188,7 @@ i = 0
 cells = (batch["observation"][i, :, :2] * env.scale).round()  # [time, (row, col)]
 first_end = int(done[i].nonzero()[0]) + 1 if done[i].any() else done.shape[1]
 cells = cells[:first_end]
-options = batch["hier", "option", "action"][i, :first_end]
+options = batch["hier", "option_action"][i, :first_end]
 chose = torch.cat([torch.tensor([True]), completed[i, : first_end - 1, 0]])
 colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
 names = ["up", "down", "left", "right"]
