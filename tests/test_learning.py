@@ -38,6 +38,7 @@ from torchrl.objectives.sac import compute_rsample_log_prob
 from torchrl_hier import Hierarchy, Level, Timeout
 from torchrl_hier.envs import GridMaze
 from torchrl_hier.learning import HierarchyLearner, LevelLearner, transition_keys
+from torchrl_hier.learning.fast import FusedSoftUpdate, direct_storage, make_sampler
 from torchrl_hier.levels import random_level
 
 OBS, N_ACT, ACT_DIM, GAMMA = 3, 4, 2, 0.9
@@ -632,3 +633,203 @@ def test_two_level_dqn_learns_cartpole():
     assert updates["option"] == int((counts["option"] - cfg.warmup // steps) * cfg.update_ratio)
     assert updates["primitive"] == int((counts["primitive"] - cfg.warmup) * cfg.update_ratio)
     assert result["eval_mean"] >= 110, result["eval_returns"]
+
+
+# ----------------------------------------------------------------------------- fast paths
+def test_fused_soft_update_equals_soft_update():
+    """FusedSoftUpdate gives SoftUpdate's targets bit for bit, for every loss with targets."""
+    for kind in ("dqn", "sac", "td3", "ddpg", "discrete_sac"):
+        torch.manual_seed(0)
+        loss = LOSSES[kind]()
+        twin = copy.deepcopy(loss)
+        stock = SoftUpdate(loss, tau=0.01)
+        fused = FusedSoftUpdate(SoftUpdate(twin, tau=0.01))
+        perturb_online(loss)
+        twin.load_state_dict(loss.state_dict())  # online moved away from the targets
+        for _ in range(3):
+            stock.step()
+            fused.step()
+        for (name, a), b in zip(loss.state_dict().items(), twin.state_dict().values()):
+            assert torch.equal(a, b), (kind, name)
+        assert any(
+            "target" in name and not torch.equal(a, b)
+            for (name, a), b in zip(loss.state_dict().items(), LOSSES[kind]().state_dict().values())
+        )
+    with pytest.raises(TypeError, match="SoftUpdate"):
+        FusedSoftUpdate(HardUpdate(dqn_loss()))
+
+
+def test_fast_sampling_draws_the_rows_buffer_sample_draws():
+    learner = LevelLearner(dqn_loss(), gamma=GAMMA, batch_size=64)
+    data = transitions("dqn", n=40)
+    learner.extend(data)
+    assert direct_storage(learner.buffer) is learner.buffer._storage
+    sample = make_sampler(learner.buffer, 64)
+    torch.manual_seed(3)
+    fast = sample()
+    torch.manual_seed(3)
+    stock = learner.buffer.sample(64)
+    assert fast.shape == (64,) and (stock["index"] < 40).all()
+    assert (fast == stock).all()  # same random stream, same rows
+    # every row is a stored transition (not an unwritten slot of the preallocated storage)
+    rows = (fast["observation"].unsqueeze(1) == data["observation"].unsqueeze(0)).all(-1)
+    assert rows.any(1).all()
+
+
+def test_buffers_that_cannot_be_read_directly_use_their_sample():
+    from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
+    from torchrl.envs import RewardScaling
+
+    custom = {
+        "sampler": TensorDictReplayBuffer(
+            storage=LazyTensorStorage(100), sampler=SamplerWithoutReplacement()
+        ),
+        "transform": TensorDictReplayBuffer(
+            storage=LazyTensorStorage(100),
+            transform=RewardScaling(0.0, 2.0, in_keys=[("next", "reward")]),
+        ),
+    }
+    for name, buffer in custom.items():
+        learner = LevelLearner(
+            dqn_loss(), gamma=GAMMA, warmup=0, batch_size=4, update_ratio=1.0, buffer=buffer
+        )
+        learner.extend(transitions("dqn"))
+        assert direct_storage(buffer) is None, name
+        if name == "transform":
+            assert (make_sampler(buffer, 4)()["next", "reward"].abs() <= 2 * 3.5).all()
+        assert math.isfinite(learner.update()["loss"]) and learner.n_updates == 6
+
+
+def test_update_reads_the_loss_outputs_once():
+    """The mean logs are the means of the per-step values (summed on device, synced once)."""
+    torch.manual_seed(0)
+    learner = LevelLearner(sac_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4)
+    learner.extend(transitions("sac", n=5))
+    seen = []
+    step = learner._step
+    learner._step = lambda batch: seen.append(step(batch)) or seen[-1]
+    logs = learner.update()
+    assert len(seen) == 5 and set(logs) >= {"loss_actor", "loss_qvalue", "loss_alpha", "alpha"}
+    for key, value in logs.items():
+        assert value == pytest.approx(torch.stack([s[key] for s in seen]).mean().item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- compile
+def compiled_pair(kind: str):
+    """An eager and a compiled learner with equal networks and the same replay data."""
+    torch.manual_seed(0)
+    loss = LOSSES[kind]()
+    twin = copy.deepcopy(loss)
+    data = transitions(kind, n=16)
+    learners = []
+    for which, compile in ((loss, False), (twin, True)):
+        learner = LevelLearner(
+            which, gamma=GAMMA, warmup=0, update_ratio=0.25, batch_size=8, max_grad_norm=1.0,
+            compile=compile,
+        )
+        learner.extend(data)
+        learners.append(learner)
+    return learners
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dqn", "sac", "td3"])
+def test_compiled_update_equals_eager_update(kind):
+    """Same samples (same seed), same steps: compiled and eager learners end with the same
+    parameters and report the same losses, up to float rounding. (Inductor draws the random
+    numbers inside a compiled graph from its own generator; ``fallback_random`` makes it use
+    eager's, so that both learners see the same samples and noise.)"""
+    import torch._inductor.config
+
+    eager, compiled = compiled_pair(kind)
+    logs = []
+    with torch._inductor.config.patch(fallback_random=True):
+        for learner in (eager, compiled):
+            torch.manual_seed(1)  # the samples and the actors' noise
+            logs.append(learner.update())
+    assert eager.n_updates == compiled.n_updates == 4
+    assert compiled._compiled
+    assert logs[0].keys() == logs[1].keys()
+    for key in logs[0]:
+        assert logs[1][key] == pytest.approx(logs[0][key], rel=1e-4, abs=1e-5), key
+    for (name, a), b in zip(eager.loss.state_dict().items(), compiled.loss.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_learner_keeps_the_smdp_target_and_state():
+    """A compiled DQN learner still bootstraps with gamma**tau, and its state dict
+    round-trips into an eager learner (and back)."""
+    torch.manual_seed(0)
+    loss = dqn_loss()
+    learner = LevelLearner(loss, gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=6,
+                           compile=True)
+    learner.extend(transitions("dqn"))
+    learner.update()
+    assert learner._compiled
+    stored = learner.buffer[:6]
+    tau = stored["steps_to_next_obs"].squeeze(-1).float()
+    live = (~stored["next", "terminated"]).squeeze(-1).float()
+    expected = stored["next", "reward"].squeeze(-1) + GAMMA**tau * live * hand_next_value(
+        "dqn", loss, stored, seed=0
+    )
+    torch.testing.assert_close(loss_target("dqn", loss, stored, seed=0), expected)
+    eager = LevelLearner(dqn_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=6)
+    eager.load_state_dict(copy.deepcopy(learner.state_dict(include_buffer=True)))
+    for (name, a), b in zip(loss.state_dict().items(), eager.loss.state_dict().values()):
+        assert torch.equal(a, b), name
+    learner.load_state_dict(eager.state_dict())
+    learner.extend(transitions("dqn", n=2, seed=4))
+    assert math.isfinite(learner.update()["loss"]) and learner.n_updates == 8
+
+
+def test_tanh_delta_actor_falls_back_to_eager_with_a_reason():
+    """TorchRL 0.14.1's TanhDelta (the ready-made TD3 actor) refuses to be compiled with its
+    default safe=True; the learner warns with TorchRL's reason and learns eagerly."""
+    from torchrl_hier.levels.parts import actor_critic_head
+
+    torch.manual_seed(0)
+    _, _, loss = actor_critic_head(OBS, ACTION_SPEC, algorithm="td3", hidden=(16,))
+    learner = LevelLearner(loss, gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4,
+                           compile=True)
+    learner.extend(transitions("td3"))
+    with pytest.warns(RuntimeWarning, match="TD3Loss.*safe.*runs eagerly"):
+        logs = learner.update()
+    assert learner.compile_options is None and not learner._compiled
+    assert learner.n_updates == 6 and math.isfinite(logs["loss_qvalue"])
+
+
+def test_compile_argument_is_checked():
+    with pytest.raises(TypeError, match="compile must be a bool or a mapping"):
+        LevelLearner(dqn_loss(), gamma=GAMMA, compile="yes")
+    learner = LevelLearner(dqn_loss(), gamma=GAMMA, compile={"mode": "reduce-overhead"})
+    assert learner.compile_options == {"dynamic": False, "mode": "reduce-overhead"}
+    assert LevelLearner(dqn_loss(), gamma=GAMMA).compile_options is None
+
+
+def test_a_compile_failure_warns_and_falls_back_to_eager():
+    """A backend that cannot compile: the learner says so and takes the eager steps."""
+
+    def broken_backend(graph, example_inputs):
+        raise NotImplementedError("this backend compiles nothing")
+
+    torch.manual_seed(0)
+    eager = LevelLearner(dqn_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4)
+    torch.manual_seed(0)
+    broken = LevelLearner(
+        dqn_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4,
+        compile={"backend": broken_backend},
+    )
+    logs = []
+    for learner in (eager, broken):
+        learner.extend(transitions("dqn"))
+        torch.manual_seed(2)
+        if learner is broken:
+            with pytest.warns(RuntimeWarning, match="runs eagerly from now on"):
+                logs.append(learner.update())
+        else:
+            logs.append(learner.update())
+    assert broken.compile_options is None and not broken._compiled
+    assert logs[0] == logs[1]
+    for a, b in zip(eager.loss.state_dict().values(), broken.loss.state_dict().values()):
+        assert torch.equal(a, b)

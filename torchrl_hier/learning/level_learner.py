@@ -5,15 +5,23 @@ level's gamma, so the target is ``R + gamma**tau * (1 - terminated) * V(next)``)
 target-network updates, a warm-up and an update ratio, both counted in the level's own
 transitions: a high level completes far fewer transitions than the lowest one, so counting
 env frames would make it update far too often on far too little data.
+
+A gradient step is the stock loss's forward and backward pass, the optimizer step and the
+target update; with ``compile=True`` the first three run as one ``torch.compile``d function
+(TorchRL's sota-implementations do the same), which on small networks removes most of the
+Python overhead of TensorDict-based losses. Sampling and soft target updates take fast paths
+with the stock classes' results (:mod:`torchrl_hier.learning.fast`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+import torch._dynamo.exc
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
@@ -21,11 +29,13 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate, ValueEstimato
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.objectives.value import TD0Estimator
 
+from torchrl_hier.learning.fast import FusedSoftUpdate, make_sampler
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
 
 __all__ = ["LevelLearner", "transition_keys"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+GradientStep = Callable[[TensorDictBase], dict[str, torch.Tensor]]
 
 
 def transition_keys(has_parent: bool) -> set[NestedKey]:
@@ -86,7 +96,23 @@ class LevelLearner:
             (0.25: one step every 4 transitions; 2.0: two steps per transition).
         max_grad_norm: clip the gradient norm to this value before each step (``None``: no clip).
         buffer: a replay buffer to use instead of the default
-            ``TensorDictReplayBuffer(LazyTensorStorage(buffer_size, device=device))``.
+            ``TensorDictReplayBuffer(LazyTensorStorage(buffer_size, device=device))``. Plain
+            uniform buffers are read directly; others (custom sampler, transform, ...) through
+            their ``sample``.
+        compile: ``True`` runs loss forward, backward, gradient clipping and optimizer step as
+            one ``torch.compile``d function (``dynamic=False``: batches have a fixed size); a
+            mapping gives ``torch.compile``'s keyword arguments instead (``mode``,
+            ``backend``, ...). Same update as eager up to float rounding, after a warm-up of
+            seconds (tens of seconds on CPU the first time, less once inductor's on-disk
+            cache has the kernels): worth it for thousands of steps. Random draws inside the
+            step (SAC's actions, TD3's target noise) come from inductor's own generator, so
+            the random stream differs from an eager run's (same distributions);
+            ``torch._inductor.config.fallback_random = True`` makes them equal. If compiling
+            fails (TorchRL 0.14.1's ``TanhDelta`` actor with ``safe=True``, the ready-made
+            TD3 actor, refuses to be compiled), the learner warns, says why, and runs that
+            step and all later ones eagerly. Each compiled learner adds an entry to dynamo's
+            cache of the step; past ``torch._dynamo.config.recompile_limit`` (8) learners in
+            one process, the later ones run eagerly (torch logs it). Default ``False``.
     """
 
     def __init__(
@@ -107,6 +133,7 @@ class LevelLearner:
         update_ratio: float = 0.25,
         max_grad_norm: float | None = None,
         buffer: ReplayBuffer | None = None,
+        compile: bool | Mapping[str, Any] = False,
     ):
         if not isinstance(loss, LossModule):
             raise TypeError(
@@ -145,6 +172,12 @@ class LevelLearner:
         self.n_transitions = 0
         self.n_updates = 0
         self._schema: set[NestedKey] | None = None
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.compile_options = self._compile_options(compile)
+        self._step: GradientStep = self._gradient_step
+        self._compiled = False  # whether _step is torch.compile'd and has run once
+        if self.compile_options is not None:
+            self._step = torch.compile(self._gradient_step, **self.compile_options)
 
     # ----------------------------------------------------------------------------- setup
     @staticmethod
@@ -165,6 +198,18 @@ class LevelLearner:
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
         return gamma
+
+    @staticmethod
+    def _compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+        """``torch.compile`` keyword arguments, or ``None`` for eager."""
+        if isinstance(compile, bool):
+            return {"dynamic": False} if compile else None
+        if isinstance(compile, Mapping):
+            return {"dynamic": False, **compile}
+        raise TypeError(
+            "compile must be a bool or a mapping of torch.compile keyword arguments, got "
+            f"{type(compile).__name__}."
+        )
 
     def _set_value_estimator(self) -> None:
         """TD(0) with this level's gamma; its target reads ``steps_to_next_obs`` (tau)."""
@@ -362,43 +407,84 @@ class LevelLearner:
             return tensor.device
         return None
 
+    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Loss forward and backward, clipping, optimizer step; returns the loss's scalar
+        outputs, detached (what :meth:`update` averages). ``torch.compile`` wraps this."""
+        out = self.loss(batch)
+        terms = [value for key, value in out.items() if key.startswith("loss")]
+        if not terms:
+            raise KeyError(
+                f"{type(self.loss).__name__} returned no 'loss*' entry "
+                f"(it returned {sorted(out.keys())}); cannot take a gradient step."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(terms).backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+        self.optimizer.step()
+        return {
+            key: value.detach().reshape(())
+            for key, value in out.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1
+        }
+
+    def _first_compiled_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """The compiled step's first call (where compiling happens); on a compiler error,
+        warns and falls back to the eager step for this and every later step. The step is
+        retried eagerly: a compiler error stops the step before the optimizer changes any
+        parameter, and the eager step starts by zeroing the gradients."""
+        try:
+            out = self._step(batch)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            warnings.warn(
+                f"torch.compile failed on the gradient step of {type(self.loss).__name__} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); this "
+                "learner runs eagerly from now on (same update, no compile speed-up). Pass "
+                "compile=False to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._step = self._gradient_step
+            self.compile_options = None
+            return self._step(batch)
+        self._compiled = True
+        return out
+
     def update(self) -> dict[str, float]:
         """Performs the gradient steps owed by ``update_ratio``; returns the mean of each loss
         term (``loss_*``) and of the loss's other scalar outputs (e.g. ``alpha``) over them.
-        Returns an empty dict when nothing is owed (still in the warm-up)."""
+        Returns an empty dict when nothing is owed (still in the warm-up).
+
+        The values are summed on the loss's device and read back once, at the end."""
         owed = self.updates_owed
         if owed == 0 or len(self.buffer) == 0:
             return {}
         device = self._loss_device()
-        totals: dict[str, torch.Tensor] = {}
+        sample = make_sampler(self.buffer, self.batch_size)
+        target_step = None
+        if isinstance(self.target_updater, SoftUpdate) and type(self.target_updater) is SoftUpdate:
+            target_step = FusedSoftUpdate(self.target_updater).step
+        elif self.target_updater is not None:
+            target_step = self.target_updater.step
+        keys: list[str] = []
+        sums: list[torch.Tensor] = []
         for _ in range(owed):
-            batch = self.buffer.sample(self.batch_size)
+            batch = sample()
             if device is not None and batch.device != device:
                 batch = batch.to(device, non_blocking=True)
-            out = self.loss(batch)
-            terms = [value for key, value in out.items() if key.startswith("loss")]
-            if not terms:
-                raise KeyError(
-                    f"{type(self.loss).__name__} returned no 'loss*' entry "
-                    f"(it returned {sorted(out.keys())}); cannot take a gradient step."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            sum(terms).backward()
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for group in self.optimizer.param_groups for p in group["params"]],
-                    self.max_grad_norm,
-                )
-            self.optimizer.step()
-            if self.target_updater is not None:
-                self.target_updater.step()
-            for key, value in out.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.detach().reshape(())
-                    totals[key] = totals[key] + value if key in totals else value
+            if self.compile_options is not None and not self._compiled:
+                out = self._first_compiled_step(batch)
+            else:
+                out = self._step(batch)
+            if target_step is not None:
+                target_step()
+            if not keys:
+                keys = list(out)
+                sums = [value.clone() for value in out.values()]
+            else:
+                torch._foreach_add_(sums, [out[key] for key in keys])
             self.n_updates += 1
-        keys = list(totals)
-        means = (torch.stack([totals[key] for key in keys]).float() / owed).tolist()
+        means = (torch.stack(sums).float() / owed).tolist()
         return dict(zip(keys, means))
 
     # ----------------------------------------------------------------------------- state
