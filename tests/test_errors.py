@@ -266,3 +266,34 @@ def test_policy_that_is_not_a_tensordict_module():
 def test_level_needs_a_name(name):
     with pytest.raises(ValueError, match="non-empty string name"):
         lowest(name=name)
+
+
+def test_top_level_control_is_never_consulted_so_it_warns(env):
+    with pytest.warns(UserWarning, match=r"'top' is the top level.*Timeout\(steps=5\).*never consulted"):
+        Hierarchy(
+            [random_level("top", Categorical(3), control=Timeout(5)),
+             random_level("low", env.action_spec_unbatched, lowest=True)],
+            env,
+        )
+
+
+def test_gymnasium_env_is_refused_with_the_way_to_wrap_it():
+    import gymnasium
+
+    with pytest.raises(TypeError, match="GymWrapper.*torchrl_hier.layered.Hierarchy"):
+        Hierarchy([random_level("low", Categorical(2), lowest=True)], gymnasium.make("CartPole-v1"))
+
+
+def test_policy_of_one_hierarchy_in_the_env_of_another(env):
+    two = Hierarchy(
+        [random_level("top", Categorical(3)), random_level("low", env.action_spec_unbatched, lowest=True)],
+        env,
+    )
+    three = Hierarchy(
+        [random_level("a", Categorical(3)), random_level("b", Categorical(3)),
+         random_level("low", env.action_spec_unbatched, lowest=True)],
+        env,
+    )
+    td = TransformedEnv(env, three.transform).reset()
+    with pytest.raises(ValueError, match=r"does not belong to this hierarchy: expected 2 levels"):
+        two.policy(td)

@@ -138,7 +138,7 @@ class Scenario:
                 action_spec=None if i == lowest else Unbounded(3),
                 obs_map=flip if self.is_flipped(i) else None,
                 reward=None if self.reward_scale(i) == 1.0 else ScaledReward(self.reward_scale(i)),
-                control=_rule(kind, k, bits),
+                control=_rule(kind, k, bits) if i else Always(),  # the top's is never consulted
                 gamma=gamma,
             )
             for i, ((kind, k), gamma) in enumerate(zip(self.rules, self.gammas))

@@ -226,7 +226,11 @@ def test_collector_matches_manual_loop_and_disabled_autoreset():
 
 def test_next_step_autoreset_is_rejected():
     env = cartpoles(2, AutoresetMode.NEXT_STEP)
-    hierarchy = RandomHierarchy(env, "cpu")
+    with pytest.raises(ValueError, match="NEXT_STEP mode .*SAME_STEP"):
+        RandomHierarchy(env, "cpu")
+    with pytest.raises(ValueError, match="NEXT_STEP mode .*SAME_STEP"):
+        Hierarchy([random_level("low", Categorical(2), lowest=True)], env, keep_params=True)
+    hierarchy = RandomHierarchy(cartpoles(2), "cpu")
     with pytest.raises(ValueError, match="SAME_STEP"):
         Collector(hierarchy=hierarchy, env=env)
 
@@ -631,6 +635,14 @@ def test_bad_input_errors():
         hierarchy.process_transition(obs, np.zeros((3, 2)), np.zeros(3, bool), np.zeros(3, bool))
     with pytest.raises(ValueError, match=r"terminated has shape \(2,\)"):
         hierarchy.process_transition(obs, np.zeros(3), np.zeros(2, bool), np.zeros(3, bool))
+    with pytest.raises(TypeError, match=r"terminated must hold booleans .* float64.* swapped"):
+        hierarchy.process_transition(obs, np.zeros(3, bool), np.ones(3), np.zeros(3, bool))
+    with pytest.raises(TypeError, match=r"truncated must hold booleans"):
+        hierarchy.process_transition(obs, np.zeros(3), np.zeros(3, bool), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"terminated holds integers other than 0 and 1"):
+        hierarchy.process_transition(obs, np.zeros(3), np.array([0, 2, 1]), np.zeros(3, bool))
+    hierarchy.process_transition(obs, np.zeros(3), np.array([0, 1, 0]), torch.zeros(3, dtype=torch.int64))
+    hierarchy.get_action(obs)
     hierarchy.process_transition(obs, np.zeros(3), np.zeros(3, bool), np.zeros(3, bool))
 
     collector = Collector(hierarchy=hierarchy, env=env, progress=False)

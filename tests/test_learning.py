@@ -833,3 +833,26 @@ def test_a_compile_failure_warns_and_falls_back_to_eager():
     assert logs[0] == logs[1]
     for a, b in zip(eager.loss.state_dict().values(), broken.loss.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_train_config_compile_key():
+    """``compile=auto`` (default) compiles the lowest level's learner in long runs only;
+    ``true``/``false`` and a level's ``learner.compile`` decide explicitly."""
+    from hydra import compose, initialize_config_module
+
+    from torchrl_hier.experiment import ConfigError, build_experiment
+
+    def compiled(*overrides: str) -> dict[str, bool]:
+        with initialize_config_module("torchrl_hier.conf", version_base=None):
+            cfg = compose("config", overrides=["task.n_envs=2", *overrides])
+        learners = build_experiment(cfg).learners
+        return {name: learner.compile_options is not None for name, learner in learners.items()}
+
+    assert compiled() == {"option": False, "primitive": True}
+    assert compiled("total_frames=1000") == {"option": False, "primitive": False}
+    assert compiled("compile=true", "total_frames=1000") == {"option": True, "primitive": True}
+    assert compiled("compile=false", "+hierarchy.levels.option.learner.compile=true") == {
+        "option": True, "primitive": False,
+    }
+    with pytest.raises(ConfigError, match="compile='sometimes'"):
+        compiled("compile=sometimes")

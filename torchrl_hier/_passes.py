@@ -32,7 +32,7 @@ completed transitions in ``("next", "hier", ...)``) and restart lazily on the ne
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,19 @@ class HierarchyState:
     @classmethod
     def read(cls, td: TensorDictBase, names: Sequence[str]) -> HierarchyState:
         """The state under ``"hier"`` in ``td``; ``names``: the levels above the lowest."""
-        return cls.from_entries(_state(td), names)
+        state = _state(td)
+        try:
+            read = cls.from_entries(state, names)
+        except KeyError:
+            read = None
+        if read is None or read.completed.shape[-1] != len(names) + 1:
+            raise ValueError(
+                f"The hierarchy state in the TensorDict does not belong to this hierarchy: "
+                f"expected {len(names) + 1} levels with entries {carried_entries(names)}, found "
+                f"{sorted(state.keys())}. Run each hierarchy's policy in an env transformed by "
+                "that same hierarchy's transform."
+            )
+        return read
 
     @classmethod
     def from_entries(cls, state: TensorDictBase, names: Sequence[str]) -> HierarchyState:
@@ -216,7 +228,9 @@ def choose_actions(
         observations.append(masked_where(choose, level_obs, state.observations[i]))
     lowest = levels[-1]
     env_action = _act(lowest, lowest.map_observation(observation), parent_action, batch_size, device)
-    return env_action, replace(state, actions=tuple(actions), observations=tuple(observations))
+    return env_action, HierarchyState(
+        state.completed, state.steps, state.returns, state.count, tuple(actions), tuple(observations)
+    )
 
 
 def level_steps(
@@ -297,7 +311,9 @@ def complete_transitions(
         info.count = count[..., i] + completed[i]
         completed[i - 1] = (completed[i] & levels[i].control(info)) | done
     completed = torch.stack(completed, dim=-1)
-    return replace(state, completed=completed, steps=steps, returns=returns, count=count + completed)
+    return HierarchyState(
+        completed, steps, returns, count + completed, state.actions, state.observations
+    )
 
 
 # ----------------------------------------------------------------------------- TensorDict side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,7 @@ from torchrl_hier._passes import (
     start_observation_key,
     written_action,
 )
+from torchrl_hier.control import Always
 from torchrl_hier.level import Level
 from torchrl_hier.transitions import level_transitions
 
@@ -183,6 +185,24 @@ class Hierarchy:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"Level names must be unique; duplicated: {duplicates}.")
+        if not isinstance(env, EnvBase):
+            raise TypeError(
+                f"Hierarchy needs a TorchRL env (torchrl.envs.EnvBase), got {type(env).__name__}. "
+                "Wrap a gymnasium env with torchrl.envs.GymWrapper(env) or build it with "
+                "GymEnv(name); for LayeredRL-style code on a gymnasium vector env, use "
+                "torchrl_hier.layered.Hierarchy."
+            )
+        top = levels[0]
+        if not isinstance(top.control, Always):
+            warnings.warn(
+                f"Level {top.name!r} is the top level, so its return-control rule "
+                f"{top.control!r} is never consulted: there is no level above to hand control "
+                "to (the top level chooses again whenever the level below hands control back, "
+                "and at episode starts). Leave the top level's control at its default, or add "
+                "a level above it.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.levels = levels
         self.env = env
         self.device = torch.device(device if device is not None else (env.device or "cpu"))

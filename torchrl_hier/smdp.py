@@ -46,7 +46,7 @@ def accumulate(
         steps: τ so far, ``[*B, n]`` int64.
         returns: ``sum_k gamma**k r_k`` so far, ``[*B, n]``.
         reward: this step's reward per decision maker, ``[*B, n]`` (or ``[*B, 1]``, shared).
-        gammas: the discounts, ``[n]``.
+        gammas: the discounts, ``[n]``, on the device of ``steps``.
         restart: ``[*B, n]`` bool: a new transition starts with this step (a new choice).
         active: ``[*B, n]`` bool, or ``None`` for all: where no transition runs, τ and the
             return are 0.
@@ -54,8 +54,11 @@ def accumulate(
     Returns ``(steps, returns)`` after the step, in the dtype of ``returns``.
     """
     steps = steps.masked_fill(restart, 0) + 1
-    discount = gammas.to(returns.device).pow(steps - 1).to(reward.dtype)
-    returns = torch.addcmul(returns.masked_fill(restart, 0), discount, reward).to(returns.dtype)
+    discount = gammas.pow(steps - 1)
+    if discount.dtype != reward.dtype:
+        discount = discount.to(reward.dtype)
+    new_returns = torch.addcmul(returns.masked_fill(restart, 0), discount, reward)
+    returns = new_returns if new_returns.dtype == returns.dtype else new_returns.to(returns.dtype)
     if active is not None:
         idle = ~active
         steps, returns = steps.masked_fill(idle, 0), returns.masked_fill(idle, 0)

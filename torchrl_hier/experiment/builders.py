@@ -465,19 +465,20 @@ _LEARNER_KEYS = (
     "period", "max_grad_norm", "optimizer", "compile",
 )
 _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-#: ``compile: auto`` compiles the learners of runs of at least this many frames: a compiled
-#: gradient step is ~2x faster on small networks, but its warm-up (~10-40 s per learner on
-#: CPU) only pays off over thousands of steps.
+#: ``compile: auto`` compiles the lowest level's learner in runs of at least this many
+#: frames: a compiled gradient step is ~2x faster on small networks, but its warm-up (~10-40 s
+#: per learner on CPU) only pays off over thousands of steps, which higher levels (one
+#: transition per many env steps) do not take.
 COMPILE_AUTO_MIN_FRAMES = 50_000
 
 
-def compile_learners(cfg: Mapping[str, Any]) -> bool:
-    """Whether learners ``torch.compile`` their gradient steps: the config's ``compile``
-    (``true``, ``false``, or ``auto``: runs of ``total_frames >= COMPILE_AUTO_MIN_FRAMES``);
-    a level's ``learner.compile`` overrides it."""
+def compile_learners(cfg: Mapping[str, Any], lowest: bool = True) -> bool:
+    """Whether a learner ``torch.compile``s its gradient steps, from the config's ``compile``:
+    ``true``, ``false``, or ``auto`` (the ``lowest`` level's learner, in runs of
+    ``total_frames >= COMPILE_AUTO_MIN_FRAMES``). A level's ``learner.compile`` overrides it."""
     value = cfg.get("compile", False)
     if value == "auto":
-        return int(cfg.get("total_frames", 0)) >= COMPILE_AUTO_MIN_FRAMES
+        return lowest and int(cfg.get("total_frames", 0)) >= COMPILE_AUTO_MIN_FRAMES
     if isinstance(value, bool):
         return value
     raise ConfigError(f"compile={value!r}; choose true, false or auto.")
@@ -609,14 +610,13 @@ def build_experiment(cfg: DictConfig, *, n_envs: int | None = None, seed: int | 
         return _build_ham_experiment(cfg, device, env, storage, has_success)
     parts = build_levels(cfg.hierarchy, cfg.task, env, device)
     hierarchy = Hierarchy([p.level for p in parts], env, device=device)
-    compile = compile_learners(cfg)
     learners = HierarchyLearner(
         {
             p.level.name: _learner(
-                p.level.name, p.loss, p.config, storage, "hierarchy.levels", compile=compile,
-                level=p.level,
+                p.level.name, p.loss, p.config, storage, "hierarchy.levels",
+                compile=compile_learners(cfg, lowest=i == len(parts) - 1), level=p.level,
             )
-            for p in parts
+            for i, p in enumerate(parts)
         },
         hierarchy=hierarchy,
     )
@@ -679,8 +679,8 @@ def _build_ham_experiment(cfg, device, env, storage, has_success) -> Experiment:
         loss = DQNLoss(table.actor, action_space="categorical", delay_value=False, loss_function="l2")
         loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
         learners[name] = _learner(
-            name, loss, points_cfg[name], storage, where, compile=compile_learners(cfg),
-            gamma=gamma,
+            name, loss, points_cfg[name], storage, where,
+            compile=compile_learners(cfg, lowest=False), gamma=gamma,
         )
 
     def pipeline(batch: TensorDictBase) -> dict[str, TensorDictBase]:

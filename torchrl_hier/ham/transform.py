@@ -114,7 +114,8 @@ class HAMTransform(Transform):
             chose = torch.zeros(*batch, 0, dtype=torch.bool, device=reward.device)
         pending = state.get("pending") | chose
         steps, returns = accumulate(
-            state.get(STEPS), state.get(RETURN), reward, self.gammas, restart=chose, active=pending
+            state.get(STEPS), state.get(RETURN), reward, self.gammas.to(reward.device), restart=chose,
+            active=pending,
         )
         observation = tensordict.get(ham.observation_key)
         per_point = {}

@@ -26,7 +26,14 @@ from torchrl.data import (
 )
 from torchrl.envs import EnvBase
 
-__all__ = ["EnvSpecs", "SpecEnv", "env_specs", "is_gym_vector_env", "check_uniform_sampling"]
+__all__ = [
+    "EnvSpecs",
+    "SpecEnv",
+    "env_specs",
+    "is_gym_vector_env",
+    "check_autoreset_mode",
+    "check_uniform_sampling",
+]
 
 OBSERVATION_KEY = "observation"
 
@@ -57,9 +64,32 @@ def _is_gym_env(env: object) -> bool:
     return isinstance(env, gymnasium.Env)
 
 
+def check_autoreset_mode(env: object) -> bool:
+    """Raises unless a gymnasium vector env autoresets in SAME_STEP mode or not at all;
+    returns whether it is SAME_STEP."""
+    import gymnasium
+
+    modes = gymnasium.vector.AutoresetMode
+    mode = env.metadata.get("autoreset_mode", None)
+    if mode not in (modes.SAME_STEP, modes.DISABLED):
+        raise ValueError(
+            f"The vector env's autoreset mode is {mode}; the LayeredRL-style API handles "
+            "SAME_STEP (the last observation of an episode is in info['final_obs']) and DISABLED "
+            "(finished instances are reset by hand). In NEXT_STEP mode (gymnasium's default) the "
+            "step after an episode end ignores the action and returns the reset observation, "
+            "which is not a transition of the hierarchy. Create the env with autoreset_mode="
+            "gymnasium.vector.AutoresetMode.SAME_STEP, e.g. gymnasium.make_vec(id, n, "
+            "vectorization_mode='sync', vector_kwargs={'autoreset_mode': "
+            "gymnasium.vector.AutoresetMode.SAME_STEP})."
+        )
+    return mode == modes.SAME_STEP
+
+
 def env_specs(env: object, observation_key="observation") -> EnvSpecs:
-    """Reads the specs of a gymnasium vector env or of a TorchRL env with batch size ``[n]``."""
+    """Reads the specs of a gymnasium vector env (checking its autoreset mode) or of a TorchRL
+    env with batch size ``[n]``."""
     if is_gym_vector_env(env):
+        check_autoreset_mode(env)
         return EnvSpecs(
             observation=gym_space_to_spec(env.single_observation_space, "observation"),
             action=gym_space_to_spec(env.single_action_space, "action"),

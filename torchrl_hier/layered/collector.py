@@ -16,7 +16,7 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from tqdm import tqdm
 
-from torchrl_hier.layered._specs import is_gym_vector_env
+from torchrl_hier.layered._specs import check_autoreset_mode, is_gym_vector_env
 from torchrl_hier.layered.hierarchy import Hierarchy
 
 __all__ = ["Collector"]
@@ -50,23 +50,8 @@ class _GymVectorRunner:
     """Steps a gymnasium vector env in SAME_STEP or DISABLED autoreset mode."""
 
     def __init__(self, env: Any):
-        import gymnasium
-
-        modes = gymnasium.vector.AutoresetMode
-        mode = env.metadata.get("autoreset_mode", None)
-        if mode not in (modes.SAME_STEP, modes.DISABLED):
-            raise ValueError(
-                f"The vector env's autoreset mode is {mode}; the Collector handles SAME_STEP "
-                "(the last observation of an episode is in info['final_obs']) and DISABLED (it "
-                "resets finished instances itself). In NEXT_STEP mode the step after an episode "
-                "end ignores the action and returns the reset observation, which is not a "
-                "transition of the hierarchy. Create the env with autoreset_mode="
-                "gymnasium.vector.AutoresetMode.SAME_STEP, e.g. gymnasium.make_vec(id, n, "
-                "vectorization_mode='sync', vector_kwargs={'autoreset_mode': "
-                "gymnasium.vector.AutoresetMode.SAME_STEP})."
-            )
+        self.same_step = check_autoreset_mode(env)
         self.env = env
-        self.same_step = mode == modes.SAME_STEP
         self.n = int(env.num_envs)
 
     def reset(self, seed: int | None) -> Any:

@@ -250,12 +250,12 @@ class Hierarchy:
                 "process_transition() was called without a preceding get_action(): the "
                 "hierarchy expects get_action, env.step, process_transition, in that order."
             )
-        # Flags that live on the host tell for free whether any episode ended.
-        any_done = _any_on_host(terminated, truncated)
         obs_next = self._as_observation(obs_next, "obs_next")
         rew = self._as_flag_like(rew, "rew", self._specs.reward_dtype)
-        terminated = self._as_flag_like(terminated, "terminated", torch.bool)
-        truncated = self._as_flag_like(truncated, "truncated", torch.bool)
+        # Flags that live on the host tell for free whether any episode ended.
+        any_done = _any_on_host(terminated, truncated)
+        terminated = self._as_flags(terminated, "terminated")
+        truncated = self._as_flags(truncated, "truncated")
         done = terminated | truncated
         step = _Step(obs_next, rew, done, terminated, truncated)
         with torch.no_grad():
@@ -494,24 +494,44 @@ class Hierarchy:
     def _as_observation(self, obs: Tensor | np.ndarray, what: str) -> Tensor:
         spec = self._specs.observation
         expected = (self.n_env_instances, *spec.shape)
-        tensor = _to_tensor(obs, what, self.device)
+        tensor = _to_tensor(obs, what, self.device, spec.dtype)
         if tuple(tensor.shape) != expected:
             raise ValueError(
                 f"{what} has shape {tuple(tensor.shape)}, expected {expected}: "
                 f"n_env_instances={self.n_env_instances} x the observation shape "
                 f"{tuple(spec.shape)}."
             )
-        return tensor.to(spec.dtype)
+        return tensor
 
     def _as_flag_like(self, value: Tensor | np.ndarray, what: str, dtype: torch.dtype) -> Tensor:
         n = self.n_env_instances
-        tensor = _to_tensor(value, what, self.device)
+        tensor = _to_tensor(value, what, self.device, dtype)
         if tuple(tensor.shape) not in ((n,), (n, 1)):
             raise ValueError(
                 f"{what} has shape {tuple(tensor.shape)}, expected ({n},) or ({n}, 1): one "
                 f"value per env instance (n_env_instances={n})."
             )
-        return tensor.to(dtype).reshape(n, 1)
+        return tensor.reshape(n, 1)
+
+    def _as_flags(self, value: Tensor | np.ndarray, what: str) -> Tensor:
+        """Boolean flags (or 0/1 integers); anything else is most likely swapped arguments."""
+        if not isinstance(value, (Tensor, np.ndarray)):
+            value = np.asarray(value)
+        dtype = value.dtype
+        is_bool = dtype in (torch.bool, np.bool_)
+        is_int = (not is_bool) and (
+            (isinstance(value, Tensor) and not dtype.is_floating_point and not dtype.is_complex)
+            or (isinstance(value, np.ndarray) and np.issubdtype(dtype, np.integer))
+        )
+        if not (is_bool or is_int):
+            raise TypeError(
+                f"{what} must hold booleans (or 0/1 integers), got dtype {dtype}. "
+                "process_transition takes (obs_next, rew, terminated, truncated) in that order, "
+                "as env.step returns them; check that reward and flags are not swapped."
+            )
+        if is_int and isinstance(value, np.ndarray) and not np.isin(value, (0, 1)).all():
+            raise ValueError(f"{what} holds integers other than 0 and 1: {np.unique(value)}.")
+        return self._as_flag_like(value, what, torch.bool)
 
     def __repr__(self) -> str:
         return (
@@ -552,11 +572,11 @@ class _Step:
     truncated: Tensor
 
 
-def _to_tensor(value: Tensor | np.ndarray, what: str, device: torch.device) -> Tensor:
+def _to_tensor(value: Tensor | np.ndarray, what: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     if isinstance(value, Tensor):
-        return value.to(device)
+        return value if value.device == device and value.dtype == dtype else value.to(device, dtype)
     try:
-        return torch.as_tensor(np.asarray(value), device=device)
+        return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"{what} must be a tensor or a numpy array, got {type(value).__name__}: {err}"
