@@ -12,6 +12,7 @@ from torch import nn
 from torchrl.data import Binary, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase, Transform
 
+from torchrl_hier._carried import CarriedState
 from torchrl_hier._passes import (
     STATE,
     EnvKeys,
@@ -74,7 +75,10 @@ class HierarchyTransform(Transform):
         self.level_specs = level_specs
         self.reward_dtype = reward_dtype
         self.register_buffer("gammas", torch.tensor([level.gamma for level in levels]))
-        self._initial_state: TensorDictBase | None = None
+        # At an episode start every level counts as completed, so the top level chooses first.
+        self.carried = CarriedState(
+            STATE, self.state_spec, lambda state: state.get("completed").fill_(True)
+        )
 
     def state_spec(self, batch_size: torch.Size, device: torch.device | None) -> Composite:
         """Spec of the ``"hier"`` entries for the given env batch shape."""
@@ -102,21 +106,10 @@ class HierarchyTransform(Transform):
 
     def initial_state(self, batch_size: torch.Size, device: torch.device | None) -> TensorDictBase:
         """The ``"hier"`` entries at the start of an episode (a fresh copy)."""
-        return self._shared_initial_state(batch_size, device).clone()
-
-    def _shared_initial_state(self, batch_size: torch.Size, device) -> TensorDictBase:
-        cached = self._initial_state
-        if cached is None or cached.batch_size != batch_size or cached.device != device:
-            cached = self.state_spec(batch_size, device).zero()
-            cached.get("completed").fill_(True)
-            self._initial_state = cached
-        return cached
+        return self.carried.initial(batch_size, device)
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
-        observation_spec[STATE] = self.state_spec(
-            observation_spec.shape, observation_spec.device
-        )
-        return observation_spec
+        return self.carried.declare(observation_spec)
 
     def transform_input_spec(self, input_spec: Composite) -> Composite:
         # Declared as env state too (as TensorDictPrimer does), so batched envs such as
@@ -125,18 +118,11 @@ class HierarchyTransform(Transform):
             input_spec["full_state_spec"] = Composite(
                 shape=input_spec.shape, device=input_spec.device
             )
-        input_spec["full_state_spec"][STATE] = self.state_spec(
-            input_spec.shape, input_spec.device
-        )
+        self.carried.declare(input_spec["full_state_spec"])
         return input_spec
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
-        # The initial state for every instance: on a partial reset, the env (EnvBase.reset,
-        # after all transforms) keeps the entries of the instances not being reset, for
-        # these entries as for the observations.
-        initial = self._shared_initial_state(tensordict_reset.batch_size, tensordict_reset.device)
-        tensordict_reset.set(STATE, initial.clone())
-        return tensordict_reset
+        return self.carried.reset(tensordict_reset)
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase):
         return backward_pass(tensordict, next_tensordict, self.levels, self.keys, self.gammas)

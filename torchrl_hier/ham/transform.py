@@ -11,6 +11,7 @@ from torch import Tensor
 from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import Transform
 
+from torchrl_hier._carried import CarriedState
 from torchrl_hier.ham import _keys as K
 from torchrl_hier.smdp import RETURN, STEPS, accumulate, accumulator_specs, masked_where
 
@@ -37,7 +38,10 @@ class HAMTransform(Transform):
         self.register_buffer(
             "gammas", torch.tensor([p.gamma for p in self.points], dtype=torch.float64)
         )
-        self._initial: TensorDictBase | None = None
+        # At an episode start the policy restarts the machines of every instance.
+        self.carried = CarriedState(
+            K.STATE, self.state_spec, lambda state: state.get("restart").fill_(True)
+        )
 
     def state_spec(self, batch_size: torch.Size, device) -> Composite:
         """Spec of the ``"ham"`` entries for an env of batch shape ``batch_size``."""
@@ -67,32 +71,14 @@ class HAMTransform(Transform):
         )
 
     def initial_state(self, batch_size: torch.Size, device) -> TensorDictBase:
-        cached = self._initial
-        if cached is None or cached.batch_size != batch_size or cached.device != device:
-            cached = self.state_spec(batch_size, device).zero()
-            cached.get("restart").fill_(True)
-            self._initial = cached
-        return cached.clone()
+        """The ``"ham"`` entries at the start of an episode (a fresh copy)."""
+        return self.carried.initial(batch_size, device)
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
-        observation_spec[K.STATE] = self.state_spec(observation_spec.shape, observation_spec.device)
-        return observation_spec
+        return self.carried.declare(observation_spec)
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        batch = tensordict_reset.batch_size
-        state = self.initial_state(batch, tensordict_reset.device)
-        if tensordict is not None:
-            reset_key = self.parent.reset_keys[0] if self.parent is not None else "_reset"
-            reset = tensordict.get(reset_key, None)
-            previous = tensordict.get(K.STATE, None)
-            if reset is not None and previous is not None:
-                previous = previous.select(*state.keys(True, True), strict=False)
-                if set(previous.keys(True, True)) == set(state.keys(True, True)):
-                    state = state.where(reset.reshape(batch), previous)
-                    for point in self.points:
-                        state.get(point.name).get(K.N).zero_()
-        tensordict_reset.set(K.STATE, state)
-        return tensordict_reset
+        return self.carried.reset(tensordict_reset)
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         ham = self.ham
