@@ -29,6 +29,7 @@ from torchrl_hier._passes import (
 )
 from torchrl_hier.control import Always
 from torchrl_hier.level import Level
+from torchrl_hier.smdp import accumulator_specs
 from torchrl_hier.transitions import level_transitions
 
 __all__ = ["Hierarchy", "HierarchyPolicy", "HierarchyTransform"]
@@ -95,8 +96,7 @@ class HierarchyTransform(Transform):
         return Composite(
             {
                 "completed": Binary(n, shape=shape, dtype=torch.bool),
-                "steps": Unbounded(shape, dtype=torch.int64),
-                "return": Unbounded(shape, dtype=self.reward_dtype),
+                **accumulator_specs(batch_size, n, self.reward_dtype),
                 "count": Unbounded(shape, dtype=torch.int64),
                 **per_level,
             },
