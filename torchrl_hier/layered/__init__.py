@@ -52,8 +52,9 @@ runs, but acts on the first observation forever)::
 :class:`Collector` does this for you (vectorised), also for TorchRL envs and for gymnasium's
 ``DISABLED`` autoreset mode, and raises on ``NEXT_STEP``. Unlike LayeredRL's,
 ``process_transition`` returns each
-level's completed transitions (``{level name: TensorDict}``, as ``torchrl_hier.Hierarchy.
-transitions`` does), so a loop can inspect or route them itself.
+level's completed transitions (a mapping ``{level name: TensorDict}``, as
+``torchrl_hier.Hierarchy.transitions`` gives them), so a loop can inspect or route them itself;
+a level's transitions are extracted only when read (by its learner or by the loop).
 """
 
 from torchrl_hier.layered.collector import Collector

@@ -139,7 +139,9 @@ print(hierarchy)
 # The loop of the LayeredRL docs, with gymnasium 1.x's `final_obs`. Two things the docs leave
 # implicit are needed, as in LayeredRL itself: `hierarchy.reset()` once at the start, and
 # `obs = obs_next` at the end of each iteration. `process_transition` also *returns* each
-# level's completed transitions (`{level name: TensorDict}`), in case the loop wants them.
+# level's completed transitions (a mapping `{level name: TensorDict}`), in case the loop wants
+# them. It extracts a level's transitions only when they are read (by that level's learner or
+# by you), so a loop that ignores them does not pay for them.
 
 # %%
 hierarchy.train()
