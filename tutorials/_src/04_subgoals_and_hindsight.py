@@ -123,7 +123,7 @@ def plot_subgoals(ax, batch, i=0, title=""):
                             batch["next", "observation"][i, end - 1 : end, :2]]))
     goal = cells(batch["observation"][i, 0, 2:])
     completed = batch["next", "hier", "completed"][i, :end, 0]
-    subgoals = batch["hier", "subgoal", "action"][i, :end][completed]
+    subgoals = batch["hier", "subgoal_action"][i, :end][completed]
     ends = cells(batch["next", "observation"][i, :end, :2][completed])
     sub = cells(subgoals[:, :2])
     reached = np.abs(ends - sub).max(-1) <= 0.5 + 1e-6  # the same cell
