@@ -116,7 +116,7 @@ class Hierarchy:
         self._state: HierarchyState | None = None
         self._acting: _Acting | None = None
         self._build(self._specs.n_envs)
-        self._completed_counts = torch.zeros(len(self.levels), dtype=torch.int64, device=self.device)
+        self._counter = _TransitionCounter(len(self.levels), self.n_env_instances, self.device)
         self.learners = self._check_learners(learners)
         if not keep_params:
             self._init_params()
@@ -272,7 +272,7 @@ class Hierarchy:
             new = complete_transitions(
                 self.levels, acting.state, infos, done.reshape(self._batch_size), self._gammas
             )
-        self._completed_counts += new.completed.sum(0)
+        self._counter.add(new.completed)
         transitions = LazyTransitions(
             lambda names: self._extract(acting, step, new, names), self.names
         )
@@ -290,7 +290,7 @@ class Hierarchy:
     @property
     def n_transitions(self) -> dict[str, int]:
         """Transitions each level completed so far (reading it syncs with the device)."""
-        return dict(zip(self.names, self._completed_counts.tolist()))
+        return dict(zip(self.names, self._counter.totals()))
 
     def _root_tensordict(self, acting: _Acting) -> TensorDict:
         """The env TensorDict at t (observation, action, hierarchy state), as a collector has it."""
@@ -373,7 +373,7 @@ class Hierarchy:
         buffers with the copy's transitions.
         """
         other = copy.copy(self)
-        other._completed_counts = torch.zeros_like(self._completed_counts)
+        other._counter = _TransitionCounter(len(self.levels), self.n_env_instances, self.device)
         other.n_total_env_steps = 0
         other.reset()
         return other
@@ -389,6 +389,7 @@ class Hierarchy:
             raise ValueError(f"n_env_instances must be a positive int, got {n_env_instances!r}.")
         was_reset = self._state is not None
         self._build(n_env_instances)
+        self._counter.resize(n_env_instances)
         if propagate_to_levels:
             for level in self.levels:
                 for module in level.policy.modules():
@@ -458,8 +459,8 @@ class Hierarchy:
         self._sync_mode()
         self.n_total_env_steps = checkpoint["n_total_env_steps"]
         counts = checkpoint["n_transitions"]
-        self._completed_counts = torch.tensor(
-            [counts[name] for name in self.names], dtype=torch.int64, device=self.device
+        self._counter = _TransitionCounter(
+            len(self.levels), self.n_env_instances, self.device, [counts[name] for name in self.names]
         )
         rng = checkpoint.get("rng")
         if rng is not None:
@@ -552,6 +553,26 @@ class RandomHierarchy(Hierarchy):
 
 
 # --------------------------------------------------------------------------------- helpers
+class _TransitionCounter:
+    """Completed transitions per level: added per instance each step (an elementwise in-place
+    add, cheaper than a reduction per step), summed over instances when read."""
+
+    def __init__(self, n_levels: int, n_instances: int, device: torch.device, start=None):
+        self._device = device
+        self._folded = list(start) if start is not None else [0] * n_levels
+        self._per_instance = torch.zeros(n_instances, n_levels, dtype=torch.int64, device=device)
+
+    def add(self, completed: Tensor) -> None:
+        self._per_instance += completed
+
+    def totals(self) -> list[int]:
+        return [a + b for a, b in zip(self._folded, self._per_instance.sum(0).tolist())]
+
+    def resize(self, n_instances: int) -> None:
+        self._folded = self.totals()
+        self._per_instance = self._per_instance.new_zeros(n_instances, len(self._folded))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Acting:
     """What :meth:`Hierarchy.get_action` leaves for :meth:`Hierarchy.process_transition`."""
