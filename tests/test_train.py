@@ -142,9 +142,12 @@ def test_resume_continues_from_the_checkpoint_frame_count(tmp_path):
     summary = train(fresh, overrides=[f"resume={tmp_path}", "total_frames=512", "progress=false"])
     assert summary["resumed_from_frames"] == 256
     assert summary["frames"] == 512
-    assert summary["run_dir"] == str(tmp_path)
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == tmp_path / "resumed"  # a directory of its own
     assert summary["task"] == cfg.task.name  # not re-read from the defaults
-    resumed, _ = load_checkpoint(tmp_path)
+    original, _ = load_checkpoint(tmp_path)
+    assert original["frames"] == 256  # the resumed run is left as it was
+    resumed, _ = load_checkpoint(run_dir)
     assert resumed["frames"] == 512
     assert resumed["config"]["task"]["n_envs"] == 4  # the checkpoint's config was kept
     for name, state in resumed["learners"].items():
@@ -152,8 +155,39 @@ def test_resume_continues_from_the_checkpoint_frame_count(tmp_path):
         assert state["n_transitions"] > ckpt["learners"][name]["n_transitions"]
     frames = [row["frames"] for row in resumed["history"] if "fps" in row]  # batch rows
     assert frames == [64 * i for i in range(1, 9)]  # the first run's rows, then 320, 384, ...
+    steps = [s for s, _ in read_csv(run_dir / "logs" / "scalars" / "time" / "fps.csv")]
+    assert steps == sorted(set(steps)) and steps[0] == 64 and steps[-1] == 512
     steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
-    assert steps == sorted(set(steps)) and steps[-1] == 512
+    assert steps[-1] == 256
+
+
+def test_budgets_that_train_nothing_are_refused_before_any_work(tmp_path):
+    for total in (0, -100):
+        with pytest.raises(ConfigError, match=f"total_frames={total}: the budget must be a positive"):
+            train(tiny(["hierarchy=flat", f"total_frames={total}"], tmp_path / str(total)))
+        assert not (tmp_path / str(total)).exists()
+    _first_run(tmp_path / "run")
+    resume = [f"resume={tmp_path / 'run'}", "total_frames=128", "progress=false"]
+    with pytest.raises(ConfigError, match="at 256 frames, already at or past total_frames=128"):
+        train(compose_cfg(resume), overrides=resume)
+    resume = [f"resume={tmp_path / 'run'}", "progress=false"]  # the finished run's own budget
+    with pytest.raises(ConfigError, match="already at or past total_frames=256"):
+        train(compose_cfg(resume), overrides=resume)
+
+
+def test_resume_never_destroys_the_resumed_run(tmp_path):
+    """Resuming from an older checkpoint keeps every file of the original run."""
+    _first_run(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    periodic = sorted((tmp_path / "checkpoints").glob("checkpoint_*.pt"))
+    assert periodic
+    resume = [f"resume={periodic[0]}", "total_frames=384", "progress=false"]
+    summary = train(compose_cfg(resume), overrides=resume)
+    assert {p: p.read_bytes() for p in before} == before
+    assert Path(summary["run_dir"]).parent == tmp_path / "resumed"
+    with pytest.raises(ConfigError, match="is the directory of the run being resumed"):
+        again = [f"resume={tmp_path}", f"run_dir={tmp_path}", "total_frames=512"]
+        train(compose_cfg(again), overrides=again)
 
 
 def test_checkpoint_can_keep_the_replay_buffers(tmp_path):
@@ -185,8 +219,10 @@ def test_resume_after_a_stop_drops_logs_past_the_checkpoint(tmp_path):
     (ckpt_dir / "checkpoint_0000000256.pt").replace(ckpt_dir / "last.pt")
     summary = train(compose_cfg([f"resume={tmp_path}", "progress=false"]), overrides=[f"resume={tmp_path}"])
     assert summary["resumed_from_frames"] == 256 and summary["frames"] == 384
-    steps = [s for s, _ in read_csv(tmp_path / "logs" / "scalars" / "time" / "fps.csv")]
-    assert steps == [64.0 * i for i in range(1, 7)]
+    logged = Path(summary["run_dir"]) / "logs" / "scalars" / "time" / "fps.csv"
+    assert [s for s, _ in read_csv(logged)] == [64.0 * i for i in range(1, 7)]  # no duplicates
+    original = tmp_path / "logs" / "scalars" / "time" / "fps.csv"
+    assert [s for s, _ in read_csv(original)] == [64.0 * i for i in range(1, 7)]  # untouched
 
 
 def test_resume_errors_name_the_file_and_the_field(tmp_path):
@@ -212,13 +248,14 @@ def test_resume_errors_name_the_file_and_the_field(tmp_path):
     state["policy"][key] = torch.zeros(3, 3)
     bad = tmp_path / "bad_policy.pt"
     torch.save(state, bad)
+    more = [f"resume={bad}", "total_frames=512"]
     with pytest.raises(CheckpointError, match=r"(?s)bad_policy\.pt: field 'policy'.*size mismatch"):
-        train(compose_cfg([f"resume={bad}"]))
+        train(compose_cfg(more), overrides=more)
     # a field missing altogether
     del state["learners"]
     torch.save(state, bad)
     with pytest.raises(CheckpointError, match=r"bad_policy\.pt lacks field\(s\) \['learners'\]"):
-        train(compose_cfg([f"resume={bad}"]))
+        train(compose_cfg(more), overrides=more)
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt could not be read"):
         evaluate_checkpoint(tmp_path / "junk.pt", episodes=2)

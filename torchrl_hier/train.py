@@ -8,7 +8,8 @@ with ``collector.num_workers``) and ``logger`` (csv, tensorboard). Every value i
 the Hydra way (``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000``), and
 ``-m seed=0,1,2`` sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
 ``checkpoint.every_frames`` frames, ``learning_curve.png`` and ``summary.json``/``summary.md``;
-``resume=<run dir>`` continues a stopped run from its last checkpoint.
+``resume=<run dir>`` continues a stopped run from its last checkpoint, into a directory of its
+own (``<run>/resumed/<date_time>``, or ``run_dir=``), leaving the resumed run as it was.
 """
 
 from __future__ import annotations
@@ -124,13 +125,51 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _truncate_csv(log_dir: Path, frames: int) -> None:
-    """Drops CSV rows logged after the checkpoint a run resumes from (they are re-collected)."""
-    for file in log_dir.rglob("*.csv"):
+def _check_budget(cfg: DictConfig, ckpt_frames: int | None = None, ckpt_file: Path | None = None) -> None:
+    """Rejects budgets that train nothing, before any work."""
+    total = cfg.get("total_frames")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ConfigError(f"total_frames={total!r}: the budget must be a positive number of env frames.")
+    if ckpt_frames is not None and total <= ckpt_frames:
+        raise ConfigError(
+            f"The checkpoint {ckpt_file} is at {ckpt_frames} frames, already at or past "
+            f"total_frames={total}: there is nothing to train. Pass a larger total_frames= to "
+            "continue the run."
+        )
+
+
+def _resume_dir(requested: str | None, origin: Path) -> Path:
+    """Where a resumed run writes: ``run_dir`` if given, else Hydra's output directory
+    (``<run>/resumed/<date_time>``), never the resumed run's own directory, whose checkpoints
+    and logs stay as they are."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if requested:
+        target = Path(requested)
+    elif hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN:
+        target = Path(hydra_cfg.runtime.output_dir)
+    else:
+        target = origin / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if target.resolve() == origin.resolve():
+        raise ConfigError(
+            f"run_dir={requested} is the directory of the run being resumed. A resumed run writes "
+            "into a directory of its own, so that the original's checkpoints, logs and summary "
+            "stay intact: pass another run_dir, or leave it unset (<run>/resumed/<date_time>)."
+        )
+    return target
+
+
+def _copy_logs(source: Path, target: Path, frames: int) -> None:
+    """Starts the continuation's CSV logs with the resumed run's rows up to the checkpoint
+    (rows logged after it are collected again); the resumed run's files are left as they are."""
+    for file in source.rglob("*.csv"):
         rows = file.read_text().splitlines()
         kept = [row for row in rows if row and float(row.split(",", 1)[0]) <= frames]
-        if len(kept) != len(rows):
-            file.write_text("".join(row + "\n" for row in kept))
+        out = target / file.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(row + "\n" for row in kept))
 
 
 def _exploration(policy: torch.nn.Module) -> float | None:
@@ -150,13 +189,18 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """
     resolve_device(cfg.device)
     check_logger(cfg)
+    _check_budget(cfg)
     ckpt, ckpt_file = None, None
     if cfg.get("resume"):
+        requested_dir = cfg.get("run_dir")
         ckpt, ckpt_file = load_checkpoint(cfg.resume)
         cfg = resume_config(cfg, ckpt, ckpt_file, overrides)
         resolve_device(cfg.device)
         check_logger(cfg)
-        run_dir = run_directory(ckpt_file)
+        _check_budget(cfg, ckpt_frames=int(ckpt["frames"]), ckpt_file=ckpt_file)
+        origin = run_directory(ckpt_file)
+        run_dir = _resume_dir(requested_dir, origin)
+        _copy_logs(origin / cfg.logger.exp_name, run_dir / cfg.logger.exp_name, int(ckpt["frames"]))
     else:
         run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +214,6 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         frames = int(ckpt["frames"])
         history = list(ckpt["history"])
         elapsed_before = float(ckpt.get("elapsed", 0.0))
-        _truncate_csv(run_dir / cfg.logger.exp_name, frames)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     logger = make_logger(cfg, run_dir)
     start_frames = frames
@@ -328,6 +371,7 @@ def _summary(
         "seed": int(cfg.seed),
         "frames": frames,
         "resumed_from_frames": start_frames if cfg.get("resume") else None,
+        "resumed_from": str(cfg.resume) if cfg.get("resume") else None,
         "wall_time_s": round(total_wall, 2),
         "frames_per_s": round(frames / total_wall, 1) if total_wall > 0 else None,
         "train_success_first": window_rate(history, "success_sum", 0.1, False, settle),
