@@ -297,3 +297,29 @@ def test_policy_of_one_hierarchy_in_the_env_of_another(env):
     td = TransformedEnv(env, three.transform).reset()
     with pytest.raises(ValueError, match=r"does not belong to this hierarchy: expected 2 levels"):
         two.policy(td)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_device_without_a_gpu_is_named(env):
+    import gymnasium
+    from gymnasium.vector import AutoresetMode
+
+    from torchrl_hier.layered import RandomHierarchy
+
+    with pytest.raises(ValueError, match="no usable CUDA GPU.*Use device='cpu'"):
+        Hierarchy([random_level("low", env.action_spec_unbatched, lowest=True)], env, device="cuda")
+    vec = gymnasium.vector.SyncVectorEnv(
+        [lambda: gymnasium.make("CartPole-v1")], autoreset_mode=AutoresetMode.SAME_STEP
+    )
+    with pytest.raises(ValueError, match="no usable CUDA GPU"):
+        RandomHierarchy(vec, device="cuda")
+
+
+def test_top_level_policy_reading_parent_action_is_told_what_the_top_can_read(env):
+    net = MLP(in_features=OBS_DIM + 2, out_features=2, num_cells=[8])
+    top = Level(
+        "top", TensorDictModule(net, in_keys=["observation", "parent_action"], out_keys=["action"]),
+        action_spec=Unbounded(2),
+    )
+    with pytest.raises(ValueError, match="It is the top level: it reads only 'observation'"):
+        Hierarchy([top, lowest()], env)

@@ -191,7 +191,7 @@ class Hierarchy:
             )
         self.levels = levels
         self.env = env
-        self.device = torch.device(device if device is not None else (env.device or "cpu"))
+        self.device = usable_device(device if device is not None else (env.device or "cpu"))
         self.keys = EnvKeys(
             observation=observation_key,
             action=env.action_key,
@@ -279,10 +279,17 @@ class Hierarchy:
                     if parent is not None
                     else ""
                 )
+                fix = (
+                    "Make the spec of the level above match what this policy reads, or fix this "
+                    "policy's in_keys/input size."
+                    if parent is not None
+                    else "It is the top level: it reads only 'observation' (its mapped env "
+                    "observation) and there is no 'parent_action', since no level is above it. "
+                    "Fix this policy's in_keys/input size."
+                )
                 raise ValueError(
                     f"Level {level.name!r}: its policy failed on its observation of shape "
-                    f"{tuple(level_obs.shape)}{where}: {err}. Make the spec of the level above "
-                    "match what this policy reads, or fix this policy's in_keys/input size."
+                    f"{tuple(level_obs.shape)}{where}: {err}. {fix}"
                 ) from err
             action = written_action(level, out)
             expected = action_spec.zero(batch_size) if i < lowest else action_spec.zero()
@@ -351,6 +358,23 @@ class Hierarchy:
                         f"{tuple(out.shape)}; it must return one value per env instance, shape "
                         f"{tuple(batch_size)}."
                     )
+
+
+def usable_device(spec: torch.device | str) -> torch.device:
+    """``torch.device(spec)``, refusing a CUDA device this machine does not have."""
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(spec)!r} but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False). Use device='cpu'."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(spec)!r} but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)."
+            )
+    return device
 
 
 def _done_key(env: EnvBase, name: str):

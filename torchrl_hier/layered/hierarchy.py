@@ -32,6 +32,7 @@ from torchrl_hier._passes import (
     level_steps,
 )
 from torchrl_hier.hierarchy import Hierarchy as EngineHierarchy
+from torchrl_hier.hierarchy import usable_device
 from torchrl_hier.layered._specs import (
     EnvSpecs,
     SpecEnv,
@@ -104,7 +105,7 @@ class Hierarchy:
                     f"Levels must be torchrl_hier.Level, got {type(level).__name__}."
                 )
         self.env = env
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.writer = writer
         self.observation_key = observation_key
         self._specs: EnvSpecs = env_specs(env, observation_key)
@@ -546,6 +547,7 @@ class RandomHierarchy(Hierarchy):
     MultiDiscrete, MultiBinary, or a Box with finite bounds); draws from torch's global RNG."""
 
     def __init__(self, env: Any, device: torch.device | str = torch.device("cpu"), **kwargs: Any):
+        device = usable_device(device)
         specs = env_specs(env, kwargs.get("observation_key", "observation"))
         check_uniform_sampling(specs.action)
         level = random_level("random", specs.action.to(device), lowest=True)
