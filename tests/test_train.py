@@ -357,15 +357,11 @@ def test_trains_and_evaluates_on_cuda(tmp_path):
     assert 0.0 <= report["success_rate"] <= 1.0
 
 
-def test_tensorboard_logger_needs_tensorboard(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is not None:
-        pytest.skip("tensorboard is installed here")
-    run = tmp_path / "tb"
-    with pytest.raises(ConfigError, match="tensorboard package, which is not installed"):
-        train(compose_cfg(["logger=tensorboard", f"run_dir={run}"]))
-    assert not run.exists()
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    """Every logger the config group offers works after the README's install commands."""
+    summary = train(tiny(["hierarchy=flat", "logger=tensorboard"], tmp_path))
+    events = list(Path(summary["run_dir"]).rglob("events.out.tfevents.*"))
+    assert events and all(event.stat().st_size > 0 for event in events)
 
 
 # ----------------------------------------------------------------------------- processes
