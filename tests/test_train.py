@@ -322,6 +322,17 @@ def test_cli_unknown_key_gets_hydra_error_and_valid_keys(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_train_log_holds_the_summary_line_and_errors(tmp_path):
+    run = tmp_path / "run"
+    result = _run_cli([*FAST, "hierarchy=flat", f"run_dir={run}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[torchrl_hier.train] GridMaze" in (run / "train.log").read_text()
+    bad = tmp_path / "bad"
+    result = _run_cli(["total_frames=0", f"run_dir={bad}"], tmp_path)
+    assert result.returncode == 1 and "Error: total_frames=0" in result.stderr
+    assert "Error: total_frames=0" in (bad / "train.log").read_text()
+
+
 def test_bad_devices_fail_before_any_work(tmp_path):
     for device, match in (("foo", "not a device torch knows"), ("cuda:99", "cuda")):
         if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:

@@ -14,6 +14,7 @@ own (``<run>/resumed/<date_time>``, or ``run_dir=``), leaving the resumed run as
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import sys
@@ -51,6 +52,8 @@ from torchrl_hier.experiment.checkpoint import (
 from torchrl_hier.experiment.cli import GROUPS, report_unknown_keys, unknown_key_messages
 from torchrl_hier.experiment.report import plot_learning_curve, window_rate, write_summary
 from torchrl_hier.levels import exploration_modules
+
+log = logging.getLogger(__name__)
 
 __all__ = ["train", "main", "cli", "make_logger", "unknown_key_messages", "GROUPS"]
 
@@ -319,6 +322,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     )
     write_summary(run_dir, summary)
     logger.close() if hasattr(logger, "close") else None
+    log.info(_summary_line(summary))  # into the run's train.log (Hydra's file handler)
     if cfg.progress:
         print(_summary_line(summary), file=sys.stderr)
     return summary
@@ -413,6 +417,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         return train(cfg, overrides)
     except (ConfigError, CheckpointError) as err:
+        log.error("Error: %s", err)
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
