@@ -10,6 +10,10 @@ replay data run side by side in one process, in interleaved rounds (median ms/st
 - ``plain``: hand-written PyTorch of the same math (sample indices with ``torch.randint``, the
   networks as ``nn.Module`` s, Adam, gradient clipping, a ``_foreach_lerp_`` Polyak update).
 
+The ready-made TD3 actor (``TanhDelta``, ``safe=True``) cannot be compiled in TorchRL 0.14.1,
+so its ``compiled`` learner falls back to eager (it warns); ``td3_unsafe`` is the same level with
+``safe=False`` (no clamping of the tanh output away from +-1), which compiles.
+
 Defaults are those of the default configs: DQN as the option-conditioned primitive level of
 ``make run`` (128x128, batch 128, 4 options, 4 actions, GridMaze observation), SAC and TD3 as
 the goal-conditioned continuous levels (64x64, batch 256, 2-d actions). One CPU thread.
@@ -39,7 +43,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 OBS, OPTIONS, N_ACTIONS, ACT_DIM = 4, 4, 4, 2
 GAMMA, TAU, LR, MAX_GRAD_NORM = 0.9, 0.01, 1e-3, 10.0
-SETUPS = {"dqn": ((128, 128), 128), "sac": ((64, 64), 256), "td3": ((64, 64), 256)}
+SETUPS = {
+    "dqn": ((128, 128), 128),
+    "sac": ((64, 64), 256),
+    "td3": ((64, 64), 256),
+    "td3_unsafe": ((64, 64), 256),
+}
 
 
 def parse() -> argparse.Namespace:
@@ -103,11 +112,13 @@ def make_loss(kind: str, hidden: tuple[int, ...]):
     """The loss the ready-made option-conditioned level builds for ``kind``."""
     if kind == "dqn":
         _, _, loss = dqn_head(OBS, Categorical(N_ACTIONS), parent_dim=OPTIONS, hidden=hidden)
-    else:
-        _, _, loss = actor_critic_head(
-            OBS, Bounded(-1.0, 1.0, (ACT_DIM,)), algorithm=kind, parent_dim=OPTIONS,
-            hidden=hidden,
-        )
+        return loss
+    _, _, loss = actor_critic_head(
+        OBS, Bounded(-1.0, 1.0, (ACT_DIM,)), algorithm=kind.split("_")[0], parent_dim=OPTIONS,
+        hidden=hidden,
+    )
+    if kind == "td3_unsafe":
+        loss.actor_network.module[-1].distribution_kwargs["safe"] = False
     return loss
 
 
@@ -249,15 +260,16 @@ def plain_steps(plain: PlainUpdate) -> Callable[[int], None]:
 def bench(kind: str, rounds: int, steps: int, n_data: int) -> dict:
     hidden, batch_size = SETUPS[kind]
     torch.manual_seed(0)
-    data = transitions(kind, n_data)
+    data = transitions(kind.split("_")[0], n_data)
     runners = {
         "eager": learner_steps(learner(kind, hidden, batch_size, data, compile=False)),
-        "plain": plain_steps(PlainUpdate(kind, hidden, data, batch_size)),
+        "plain": plain_steps(PlainUpdate(kind.split("_")[0], hidden, data, batch_size)),
     }
     compiled = learner(kind, hidden, batch_size, data, compile=True)
     t0 = time.perf_counter()
     learner_steps(compiled)(1)
     warmup = time.perf_counter() - t0
+    fell_back = compiled.compile_options is None
     runners["compiled"] = learner_steps(compiled)
     for run in runners.values():  # one untimed round each: caches, allocator
         run(20)
@@ -272,6 +284,7 @@ def bench(kind: str, rounds: int, steps: int, n_data: int) -> dict:
     return {
         "hidden": list(hidden), "batch_size": batch_size, "ms_per_step": ms,
         "ms_per_step_rounds": times, "compile_warmup_s": warmup,
+        "compile_fell_back_to_eager": fell_back,
         "eager_over_plain": ms["eager"] / ms["plain"],
         "compiled_over_plain": ms["compiled"] / ms["plain"],
         "steps_to_repay_warmup": (
@@ -298,7 +311,8 @@ def main(args: argparse.Namespace) -> None:
             f"| {kind} | {'x'.join(map(str, r['hidden']))} | {r['batch_size']} | "
             f"{ms['eager']:.2f} | {ms['compiled']:.2f} | {ms['plain']:.2f} | "
             f"{r['eager_over_plain']:.2f} | {r['compiled_over_plain']:.2f} | "
-            f"{r['compile_warmup_s']:.1f} |"
+            f"{r['compile_warmup_s']:.1f}"
+            f"{' (compile failed: eager)' if r['compile_fell_back_to_eager'] else ''} |"
         )
     out = {
         "date": str(date.today()),
