@@ -204,7 +204,9 @@ def actor_critic_head(
             in_keys=["param"],
             spec=action_spec.clone(),
             distribution_class=TanhDelta,
-            distribution_kwargs={"low": low, "high": high},
+            # safe=False: a deterministic actor never inverts its tanh (no log-prob), so the
+            # clamp of TorchRL's SafeTanhTransform buys nothing, and it cannot be compiled.
+            distribution_kwargs={"low": low, "high": high, "safe": False},
             default_interaction_type=InteractionType.DETERMINISTIC,
         )
         half_range = float(((high - low) / 2).mean())
