@@ -50,7 +50,10 @@ def parts(run_dir: Path) -> list[Part]:
         ),
         Part(
             "learner gradient steps (cuda, CUDA graphs where they work)",
-            [PYTHON, "benchmarks/learner.py", "--device", "cuda", "--out", str(RESULTS / "learner_cuda.json")],
+            [
+                PYTHON, "benchmarks/learner.py", "--device", "cuda", "--cuda-graphs",
+                "--rounds", "3", "--steps", "200", "--out", str(RESULTS / "learner_cuda.json"),
+            ],
             0.25,
         ),
         Part(

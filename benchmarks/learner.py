@@ -10,15 +10,18 @@ replay data run side by side in one process, in interleaved rounds (median ms/st
 - ``plain``: hand-written PyTorch of the same math (sample indices with ``torch.randint``, the
   networks as ``nn.Module`` s, Adam, gradient clipping, a ``_foreach_lerp_`` Polyak update).
 
-The ready-made TD3 actor (``TanhDelta``, ``safe=True``) cannot be compiled in TorchRL 0.14.1,
-so its ``compiled`` learner falls back to eager (it warns); ``td3_unsafe`` is the same level with
-``safe=False`` (no clamping of the tanh output away from +-1), which compiles.
+The ready-made TD3 actor is a ``TanhDelta`` with ``safe=False``: TorchRL 0.14.1 refuses to
+compile its default ``safe=True``.
 
 Defaults are those of the default configs: DQN as the option-conditioned primitive level of
 ``make run`` (128x128, batch 128, 4 options, 4 actions, GridMaze observation), SAC and TD3 as
 the goal-conditioned continuous levels (64x64, batch 256, 2-d actions). One CPU thread.
 
     python benchmarks/learner.py [--rounds 7] [--steps 300] [--kinds dqn sac td3] [--fresh-cache]
+        [--device cuda [--cuda-graphs]]
+
+On ``cuda`` the replay buffers, networks and plain update live on the GPU, timings synchronise
+the device, and ``--cuda-graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs).
 
 ``--fresh-cache`` points inductor at an empty cache directory, so the warm-up is the first
 compile on a machine (otherwise kernels already cached on disk make it shorter).
@@ -47,7 +50,6 @@ SETUPS = {
     "dqn": ((128, 128), 128),
     "sac": ((64, 64), 256),
     "td3": ((64, 64), 256),
-    "td3_unsafe": ((64, 64), 256),
 }
 
 
@@ -58,7 +60,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="gradient steps per round")
     parser.add_argument("--buffer", type=int, default=20_000, help="transitions in the buffer")
     parser.add_argument("--fresh-cache", action="store_true", help="empty inductor cache")
-    parser.add_argument("--out", type=Path, default=RESULTS / "learner_cpu.json")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true", help="compile mode reduce-overhead")
+    parser.add_argument("--out", type=Path, default=None, help="default results/learner_<device>.json")
     return parser.parse_args()
 
 
@@ -114,11 +118,9 @@ def make_loss(kind: str, hidden: tuple[int, ...]):
         _, _, loss = dqn_head(OBS, Categorical(N_ACTIONS), parent_dim=OPTIONS, hidden=hidden)
         return loss
     _, _, loss = actor_critic_head(
-        OBS, Bounded(-1.0, 1.0, (ACT_DIM,)), algorithm=kind.split("_")[0], parent_dim=OPTIONS,
+        OBS, Bounded(-1.0, 1.0, (ACT_DIM,)), algorithm=kind, parent_dim=OPTIONS,
         hidden=hidden,
     )
-    if kind == "td3_unsafe":
-        loss.actor_network.module[-1].distribution_kwargs["safe"] = False
     return loss
 
 
@@ -139,6 +141,7 @@ class PlainUpdate:
         self.kind, self.batch_size = kind, batch_size
         self.data = {key: data.get(key) for key in data.keys(True, True)}
         self.n = data.shape[0]
+        self.device = data.device
         x = OBS + OPTIONS
         if kind == "dqn":
             self.online = nn.ModuleList([mlp(x, N_ACTIONS, hidden)])
@@ -147,13 +150,14 @@ class PlainUpdate:
             self.online = nn.ModuleList(
                 [mlp(x, out, hidden), mlp(x + ACT_DIM, 1, hidden), mlp(x + ACT_DIM, 1, hidden)]
             )
+        self.online.to(self.device)
         sources = self.online if kind != "sac" else self.online[1:]  # SAC: no target actor
         self.target = copy.deepcopy(nn.ModuleList(list(sources)))
         self.target.requires_grad_(False)
         params = list(self.online.parameters())
         self.log_alpha = None
         if kind == "sac":
-            self.log_alpha = nn.Parameter(torch.zeros(()))
+            self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
             params.append(self.log_alpha)
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=LR)
@@ -161,7 +165,7 @@ class PlainUpdate:
         self.targets = [p.data for p in self.target.parameters()]
 
     def batch(self) -> dict[str, Tensor]:
-        index = torch.randint(self.n, (self.batch_size,))
+        index = torch.randint(self.n, (self.batch_size,), device=self.device)
         return {key: value[index] for key, value in self.data.items()}
 
     def loss(self, b: dict[str, Tensor]) -> Tensor:
@@ -231,11 +235,11 @@ class PlainUpdate:
 
 
 # ----------------------------------------------------------------------------- timing
-def learner(kind: str, hidden, batch_size: int, data: TensorDict, compile: bool) -> LevelLearner:
+def learner(kind: str, hidden, batch_size: int, data: TensorDict, compile) -> LevelLearner:
     out = LevelLearner(
-        make_loss(kind, hidden), gamma=GAMMA, lr=LR, batch_size=batch_size, warmup=0,
-        update_ratio=1.0, tau=TAU, max_grad_norm=MAX_GRAD_NORM, compile=compile,
-        buffer_size=data.shape[0],
+        make_loss(kind, hidden).to(data.device), gamma=GAMMA, lr=LR, batch_size=batch_size,
+        warmup=0, update_ratio=1.0, tau=TAU, max_grad_norm=MAX_GRAD_NORM, compile=compile,
+        buffer_size=data.shape[0], device=data.device,
     )
     out.extend(data)
     return out
@@ -257,17 +261,23 @@ def plain_steps(plain: PlainUpdate) -> Callable[[int], None]:
     return run
 
 
-def bench(kind: str, rounds: int, steps: int, n_data: int) -> dict:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(kind: str, rounds: int, steps: int, n_data: int, device: torch.device, compile) -> dict:
     hidden, batch_size = SETUPS[kind]
     torch.manual_seed(0)
-    data = transitions(kind.split("_")[0], n_data)
+    data = transitions(kind, n_data).to(device)
     runners = {
         "eager": learner_steps(learner(kind, hidden, batch_size, data, compile=False)),
-        "plain": plain_steps(PlainUpdate(kind.split("_")[0], hidden, data, batch_size)),
+        "plain": plain_steps(PlainUpdate(kind, hidden, data, batch_size)),
     }
-    compiled = learner(kind, hidden, batch_size, data, compile=True)
+    compiled = learner(kind, hidden, batch_size, data, compile=compile)
     t0 = time.perf_counter()
     learner_steps(compiled)(1)
+    sync(device)
     warmup = time.perf_counter() - t0
     fell_back = compiled.compile_options is None
     runners["compiled"] = learner_steps(compiled)
@@ -277,8 +287,10 @@ def bench(kind: str, rounds: int, steps: int, n_data: int) -> dict:
     names = list(runners)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            sync(device)
             t = time.perf_counter()
             runners[name](steps)
+            sync(device)
             times[name].append((time.perf_counter() - t) / steps * 1e3)
     ms = {name: statistics.median(v) for name, v in times.items()}
     return {
@@ -295,9 +307,13 @@ def bench(kind: str, rounds: int, steps: int, n_data: int) -> dict:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("learner.py: --device cuda but torch.cuda.is_available() is False.")
+    compile = {"mode": "reduce-overhead"} if args.cuda_graphs else True
     results = {}
     for kind in args.kinds:
-        results[kind] = bench(kind, args.rounds, args.steps, args.buffer)
+        results[kind] = bench(kind, args.rounds, args.steps, args.buffer, device, compile)
         r = results[kind]
         print(f"{kind}: {r['ms_per_step']} warm-up {r['compile_warmup_s']:.1f} s", flush=True)
     print(
@@ -320,14 +336,17 @@ def main(args: argparse.Namespace) -> None:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda_graphs": bool(args.cuda_graphs),
         "fresh_inductor_cache": bool(args.fresh_cache),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"saved {args.out}")
+    path = args.out or RESULTS / f"learner_{device.type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":
