@@ -146,6 +146,29 @@ def test_manual_loop_of_the_docs_runs_with_final_obs():
     assert hierarchy.n_transitions["low"] == n_vec_steps * 4
 
 
+def test_learn_anneals_each_levels_exploration_by_its_own_transitions():
+    """The docs' loop pasted as written explores less and less: learn() steps the level's
+    EGreedyModule by the transitions its learner received since the last call."""
+    env = cartpoles(4)
+    torch.manual_seed(0)
+    low = q_level("low", 4, 2, control=Timeout(4))
+    egreedy = low.policy[-1]
+    egreedy.eps_init.fill_(1.0), egreedy.eps.fill_(1.0), egreedy.eps_end.fill_(0.0)
+    egreedy.annealing_num_steps = 400
+    hierarchy = Hierarchy(
+        [random_level("top", Categorical(3)), low], env, learners={"low": dqn_learner(low, 2)}
+    )
+    _manual_loop(hierarchy, env, 50, seed=0)
+    hierarchy.learn()
+    assert hierarchy.learners["low"].n_transitions == 200
+    assert float(egreedy.eps) == pytest.approx(1.0 - 200 / 400)
+    hierarchy.learn()  # no new transitions: no further annealing
+    assert float(egreedy.eps) == pytest.approx(0.5)
+    _manual_loop(hierarchy, env, 25, seed=1)
+    hierarchy.get_copy().learn()  # copies share the learners and the schedule
+    assert float(egreedy.eps) == pytest.approx(1.0 - 300 / 400)
+
+
 def _manual_loop(hierarchy, env, n_vec_steps, seed):
     """The docs' loop with ``obs = obs_next`` (which the docs leave implicit); returns the
     per-step transitions."""

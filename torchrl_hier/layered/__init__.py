@@ -55,6 +55,9 @@ runs, but acts on the first observation forever)::
 level's completed transitions (a mapping ``{level name: TensorDict}``, as
 ``torchrl_hier.Hierarchy.transitions`` gives them), so a loop can inspect or route them itself;
 a level's transitions are extracted only when read (by its learner or by the loop).
+``learn()`` also anneals each learning level's exploration (``EGreedyModule``,
+``AdditiveGaussianModule``) by the transitions that level completed since the last call, so the
+docs' loop pasted as written explores less as it learns, each level on its own clock.
 """
 
 from torchrl_hier.layered.collector import Collector

@@ -41,7 +41,7 @@ from torchrl_hier.layered._specs import (
 )
 from torchrl_hier.learning import LevelLearner
 from torchrl_hier.level import Level
-from torchrl_hier.levels import random_level
+from torchrl_hier.levels import anneal_exploration, random_level
 from torchrl_hier.transitions import LazyTransitions, level_transitions
 
 __all__ = ["Hierarchy", "RandomHierarchy"]
@@ -119,6 +119,10 @@ class Hierarchy:
         self._build(self._specs.n_envs)
         self._counter = _TransitionCounter(len(self.levels), self.n_env_instances, self.device)
         self.learners = self._check_learners(learners)
+        self._levels_by_name = {level.name: level for level in self.levels}
+        # Each learner's transition count when its level's exploration was last annealed
+        # (one dict, shared with copies, which share the learners and the exploration modules).
+        self._annealed_at: dict[str, int] = {name: 0 for name in self.learners}
         if not keep_params:
             self._init_params()
 
@@ -328,8 +332,11 @@ class Hierarchy:
         return level_transitions(root, self.levels, self.keys, names=names)
 
     def learn(self) -> dict[str, dict[str, float]]:
-        """Calls each level's learner (the gradient steps its update ratio owes); returns
-        ``{level name: mean losses}`` for levels that stepped and logs them to ``writer``."""
+        """Calls each level's learner (the gradient steps its update ratio owes) and anneals
+        that level's exploration (``EGreedyModule``, ``AdditiveGaussianModule``) by the
+        transitions it received since the last call, so its schedule counts the level's own
+        transitions; returns ``{level name: mean losses}`` for levels that stepped and logs
+        them to ``writer``."""
         if not self.training:
             raise RuntimeError(
                 "learn() was called in eval mode; call hierarchy.train() first (eval mode feeds "
@@ -338,6 +345,10 @@ class Hierarchy:
         self._sync_mode()
         logs = {}
         for name, learner in self.learners.items():
+            new = learner.n_transitions - self._annealed_at.get(name, 0)
+            if new > 0:
+                anneal_exploration(self._levels_by_name[name].policy, frames=new)
+                self._annealed_at[name] = learner.n_transitions
             out = learner.update()
             if out:
                 logs[name] = out
@@ -419,6 +430,7 @@ class Hierarchy:
             "training": self.training,
             "n_total_env_steps": self.n_total_env_steps,
             "n_transitions": dict(self.n_transitions),
+            "annealed_at": dict(self._annealed_at),
         }
         if rng:
             checkpoint["rng"] = {"cpu": torch.get_rng_state()}
@@ -459,6 +471,8 @@ class Hierarchy:
         self.training = checkpoint["training"]
         self._sync_mode()
         self.n_total_env_steps = checkpoint["n_total_env_steps"]
+        self._annealed_at.clear()
+        self._annealed_at.update(checkpoint["annealed_at"])
         counts = checkpoint["n_transitions"]
         self._counter = _TransitionCounter(
             len(self.levels), self.n_env_instances, self.device, [counts[name] for name in self.names]

@@ -39,7 +39,6 @@ from torchrl.objectives import DQNLoss
 from torchrl_hier import Level, Timeout
 from torchrl_hier.layered import Collector, Hierarchy, RandomHierarchy
 from torchrl_hier.learning import LevelLearner
-from torchrl_hier.levels import anneal_exploration
 
 SEED = 0
 N_ENVS = 8
@@ -88,9 +87,11 @@ print(f"{stats['episodes']} episodes, mean return {random_return:.1f}, "
 # `DQNLoss`, target network) passed to the hierarchy as `learners=`.
 
 # %%
-def dqn_policy(qnet, in_keys, spec):
+def dqn_policy(qnet, in_keys, spec, annealing_num_steps):
+    """A Q-value actor and its epsilon-greedy policy; epsilon anneals over that many of the
+    level's own transitions (hierarchy.learn() steps it)."""
     qvalue = QValueActor(qnet, in_keys=in_keys, spec=spec)
-    explore = EGreedyModule(spec, eps_init=1.0, eps_end=0.05, annealing_num_steps=3_000)
+    explore = EGreedyModule(spec, eps_init=1.0, eps_end=0.05, annealing_num_steps=annealing_num_steps)
     return qvalue, TensorDictSequential(qvalue, explore)
 
 
@@ -104,11 +105,12 @@ class BalanceQNet(nn.Module):
         return self.mlp(torch.cat([observation, option], -1))
 
 
+# An option lasts 4 steps, so 750 option transitions span the same 3,000 env steps.
 option_q, option_policy = dqn_policy(
-    MLP(in_features=2, out_features=2, num_cells=[64, 64]), ["observation"], Categorical(2)
+    MLP(in_features=2, out_features=2, num_cells=[64, 64]), ["observation"], Categorical(2), 750
 )
 balance_q, balance_policy = dqn_policy(BalanceQNet(), ["observation", "parent_action"],
-                                       Categorical(2))
+                                       Categorical(2), 3_000)
 option = Level("option", option_policy, action_spec=Categorical(2), gamma=0.99)
 balance = Level("balance", balance_policy, control=Timeout(4), gamma=0.99)
 
@@ -182,9 +184,11 @@ print(f"an episode end: final obs {np.round(final, 2)}, reset obs {np.round(rese
 # ## The `Collector`
 #
 # `Collector(hierarchy=..., env=...)` runs the same loop, vectorised, and
-# `collect(n_steps=..., learn=True)` learns as it goes. We call it in chunks of 100 vector
-# steps, which leaves room to anneal each level's epsilon between chunks (the `EGreedyModule`s
-# are ordinary TorchRL modules; nothing anneals them behind your back) and to log.
+# `collect(n_steps=..., learn=True)` learns as it goes. Each `hierarchy.learn()` (which the
+# loop above and `collect(learn=True)` call every step) also anneals the epsilon of every level
+# that has a learner by the transitions that level completed since the last call: a high level,
+# which completes one transition per option, anneals on its own clock. We call `collect` in
+# chunks of 100 vector steps to log between them.
 
 # %%
 collector = Collector(hierarchy=hierarchy, env=env, eval_env=eval_env, eval_episodes=4,
@@ -193,8 +197,6 @@ collector.reset(seed=SEED)
 curve = {"env_steps": [], "returns": [], "losses": []}
 for chunk in range(7):
     stats = collector.collect(n_steps=100, learn=True)
-    for level in hierarchy.levels:
-        anneal_exploration(level.policy, frames=100 * N_ENVS)
     curve["env_steps"].append(collector.env_steps)
     curve["returns"].append(stats["episode_returns"])
     curve["losses"].append({name: logs["loss"] for name, logs in stats["losses"].items()})
