@@ -860,3 +860,27 @@ def test_train_config_compile_key():
     }
     with pytest.raises(ConfigError, match="compile='sometimes'"):
         compiled("compile=sometimes")
+
+
+def test_non_finite_transitions_are_reported_by_level_and_key():
+    """NaN/inf in the transitions is noticed on the device and reported at the next update
+    (its one host sync), naming the level and the entry."""
+    from torchrl_hier.levels import random_level
+
+    level = random_level("primitive", Categorical(N_ACT), lowest=True)
+    learner = LevelLearner(dqn_loss(), level=level, gamma=level.gamma, warmup=0,
+                           update_ratio=1.0, batch_size=4)
+    data = transitions("dqn", n=6)
+    data["next", "reward"][2] = float("nan")
+    learner.extend(data)
+    with pytest.raises(FloatingPointError, match=r"level 'primitive' hold NaN or inf in \['next/reward'\]"):
+        learner.update()
+
+
+def test_a_non_finite_loss_is_reported():
+    learner = LevelLearner(dqn_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4)
+    learner.extend(transitions("dqn", n=6))
+    with torch.no_grad():
+        next(iter(learner.loss.parameters())).fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"The loss of this learner became non-finite \(\['loss'\]\)"):
+        learner.update()

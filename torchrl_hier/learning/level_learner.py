@@ -172,6 +172,7 @@ class LevelLearner:
         self.n_transitions = 0
         self.n_updates = 0
         self._schema: set[NestedKey] | None = None
+        self._non_finite: dict[NestedKey, torch.Tensor] = {}
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.compile_options = self._compile_options(compile)
         self._step: GradientStep = self._gradient_step
@@ -391,8 +392,38 @@ class LevelLearner:
         if n == 0:
             return
         self._schema = set(td.keys(include_nested=True, leaves_only=True))
+        self._note_non_finite(td)
         self.buffer.extend(td)
         self.n_transitions += n
+
+    def _note_non_finite(self, td: TensorDictBase) -> None:
+        """Remembers, on the device, which float entries held NaN/inf; :meth:`update` reads
+        the flags back with its losses (no host sync here, once per env step in some loops)."""
+        for key, value in td.items(include_nested=True, leaves_only=True):
+            if not value.is_floating_point():
+                continue
+            bad = ~torch.isfinite(value).all()
+            seen = self._non_finite.get(key)
+            self._non_finite[key] = bad if seen is None else seen | bad
+
+    def _raise_if_non_finite(self, keys: list[str], values: list[float], flags: list[float]) -> None:
+        name = f"level {self.level.name!r}" if self.level is not None else "this learner"
+        bad_entries = [key for key, flag in zip(self._non_finite, flags) if flag]
+        if bad_entries:
+            raise FloatingPointError(
+                f"The transitions given to the learner of {name} hold NaN or inf in "
+                f"{_sorted(bad_entries)}, so its losses and parameters would become non-finite. "
+                "Check the env's rewards and observations (and the level's reward rule) for "
+                "NaN/inf before they reach the learner."
+            )
+        bad_terms = [key for key, value in zip(keys, values) if not math.isfinite(value)]
+        if bad_terms:
+            raise FloatingPointError(
+                f"The loss of {name} became non-finite ({_sorted(bad_terms)}) in the last "
+                "gradient steps, on finite transitions: the parameters may now be NaN/inf. "
+                "Lower the learning rate, clip gradients (max_grad_norm=...) or bound the "
+                "values (e.g. value_range= on the ready-made levels)."
+            )
 
     @property
     def updates_owed(self) -> int:
@@ -484,7 +515,11 @@ class LevelLearner:
             else:
                 torch._foreach_add_(sums, [out[key] for key in keys])
             self.n_updates += 1
-        means = (torch.stack(sums).float() / owed).tolist()
+        flags = [flag.float().reshape(1) for flag in self._non_finite.values()]
+        read = torch.cat([torch.stack(sums).float() / owed, *[f.to(sums[0].device) for f in flags]])
+        values = read.tolist()  # the one host sync of the update
+        means, flagged = values[: len(keys)], values[len(keys):]
+        self._raise_if_non_finite(keys, means, flagged)
         return dict(zip(keys, means))
 
     # ----------------------------------------------------------------------------- state
