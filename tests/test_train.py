@@ -333,6 +333,15 @@ def test_train_log_holds_the_summary_line_and_errors(tmp_path):
     assert "Error: total_frames=0" in (bad / "train.log").read_text()
 
 
+def test_evaluate_cli_reports_errors_like_train(tmp_path):
+    """A missing checkpoint: one Error line and status 1, no traceback, and no false
+    'unknown key' report for the mandatory checkpoint= key."""
+    result = _run_cli([f"checkpoint={tmp_path / 'nowhere'}"], tmp_path, module="torchrl_hier.evaluate")
+    assert result.returncode == 1
+    assert result.stderr.count("Error: Checkpoint file") == 1
+    assert "Traceback" not in result.stderr and "Unknown config key" not in result.stderr
+
+
 def test_bad_devices_fail_before_any_work(tmp_path):
     for device, match in (("foo", "not a device torch knows"), ("cuda:99", "cuda")):
         if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:

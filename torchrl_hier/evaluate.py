@@ -10,6 +10,7 @@ The M episodes run as M env instances in one batch, one episode each.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -208,17 +209,20 @@ def format_report(report: dict[str, Any]) -> str:
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> dict[str, Any]:
-    resolve_device(cfg.device) if cfg.device is not None else None
-    report = evaluate_checkpoint(
-        cfg.checkpoint,
-        int(cfg.episodes),
-        gif=bool(cfg.gif),
-        gif_path=cfg.gif_path,
-        seed=int(cfg.seed),
-        deterministic=bool(cfg.deterministic),
-        device=cfg.device,
-        progress=bool(cfg.progress),
-    )
+    from torchrl_hier.experiment.cli import user_errors_exit
+
+    with user_errors_exit(logging.getLogger(__name__)):
+        resolve_device(cfg.device) if cfg.device is not None else None
+        report = evaluate_checkpoint(
+            cfg.checkpoint,
+            int(cfg.episodes),
+            gif=bool(cfg.gif),
+            gif_path=cfg.gif_path,
+            seed=int(cfg.seed),
+            deterministic=bool(cfg.deterministic),
+            device=cfg.device,
+            progress=bool(cfg.progress),
+        )
     print(format_report(report))
     return report
 

@@ -49,7 +49,12 @@ from torchrl_hier.experiment.checkpoint import (
     resume_config,
     save_checkpoint,
 )
-from torchrl_hier.experiment.cli import GROUPS, report_unknown_keys, unknown_key_messages
+from torchrl_hier.experiment.cli import (
+    GROUPS,
+    report_unknown_keys,
+    unknown_key_messages,
+    user_errors_exit,
+)
 from torchrl_hier.experiment.report import plot_learning_curve, window_rate, write_summary
 from torchrl_hier.levels import exploration_modules
 
@@ -414,12 +419,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    try:
+    with user_errors_exit(log):
         return train(cfg, overrides)
-    except (ConfigError, CheckpointError) as err:
-        log.error("Error: %s", err)
-        print(f"Error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def cli() -> None:

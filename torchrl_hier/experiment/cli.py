@@ -1,15 +1,18 @@
 """Command-line help on top of Hydra: an override of an unknown key gets, besides Hydra's own
-error, the list of valid keys where the path went wrong (and close matches)."""
+error, the list of valid keys where the path went wrong (and close matches); a config or
+checkpoint error ends the command with one ``Error:`` line, the same way in every CLI."""
 
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["GROUPS", "unknown_key_messages", "report_unknown_keys"]
+__all__ = ["GROUPS", "unknown_key_messages", "report_unknown_keys", "user_errors_exit"]
 
 #: The config groups of ``torchrl_hier/conf/config.yaml``.
 GROUPS = ("task", "hierarchy", "collector", "logger")
@@ -54,7 +57,10 @@ def unknown_key_messages(
     for key in keys:
         node, path = cfg, []
         for part in key.split("."):
-            if isinstance(node, DictConfig) and part in node:
+            # `in` is False for a mandatory value (???); keys() lists it.
+            if isinstance(node, DictConfig) and part in node.keys():
+                if OmegaConf.is_missing(node, part):
+                    break
                 node, path = node[part], [*path, part]
                 continue
             if isinstance(node, DictConfig):
@@ -79,3 +85,20 @@ def report_unknown_keys(argv: Sequence[str], config_name: str, groups: Sequence[
     args = [a for a in argv if "=" in a and not a.startswith("-")]
     for message in unknown_key_messages(args, config_name, groups):
         print(message, file=sys.stderr)
+
+
+@contextmanager
+def user_errors_exit(log: logging.Logger) -> Iterator[None]:
+    """Ends the command on a config or checkpoint error with one ``Error: ...`` line on stderr
+    (and in the run's log) and exit status 1, instead of a traceback: those errors already say
+    what is wrong and how to fix it."""
+    from torchrl_hier.experiment.builders import ConfigError
+    from torchrl_hier.experiment.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (ConfigError, CheckpointError) as err:
+        if logging.getLogger().handlers:  # a run log (Hydra's train.log); else print only
+            log.error("Error: %s", err)
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
