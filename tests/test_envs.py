@@ -542,3 +542,11 @@ def test_collector_batches_keep_goal_keys(name):
     )
     assert nxt["done"].any(1).all()  # every instance finished an episode within 20 steps...
     assert (nxt["done"].sum(1) >= 2).all()  # ...and the collector reset it and went on
+
+
+def test_grid_maze_refuses_actions_outside_its_spec():
+    env = GridMaze(batch_size=[2], seed=0)
+    td = env.reset()
+    td["action"] = torch.tensor([1, 7])
+    with pytest.raises(RuntimeError, match=r"outside its spec Categorical\(4\)"):
+        env.step(td)

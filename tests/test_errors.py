@@ -323,3 +323,8 @@ def test_top_level_policy_reading_parent_action_is_told_what_the_top_can_read(en
     )
     with pytest.raises(ValueError, match="It is the top level: it reads only 'observation'"):
         Hierarchy([top, lowest()], env)
+
+
+def test_lowest_policy_writing_actions_outside_the_env_spec(env):
+    with pytest.raises(ValueError, match="on a dry run its policy wrote env actions outside"):
+        Hierarchy([constant_level("low", torch.tensor(7))], env)

@@ -307,6 +307,12 @@ class Hierarchy:
                     f"hierarchy runs on {self.device}. Move the policy (and its buffers) to "
                     f"{self.device}."
                 )
+            if i == lowest and not action_spec.is_in(action.to(action_spec.device)):
+                raise ValueError(
+                    f"Level {level.name!r}: on a dry run its policy wrote env actions outside "
+                    f"the env's action spec {_describe(action_spec)}, e.g. {action.reshape(-1)[:4].tolist()}. "
+                    "Make the policy's output fit the spec (e.g. as many Q-values as actions)."
+                )
             if i < lowest:
                 level_specs[level.name] = (
                     Unbounded(action.shape[len(batch_size):], dtype=action.dtype),

@@ -164,6 +164,13 @@ class GridMaze(EnvBase):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action")
+        n_moves = self.moves.shape[0]
+        # Checked on the device (torch._assert_async: no host sync on cuda).
+        torch._assert_async(
+            ((action >= 0) & (action < n_moves)).all(),
+            f"GridMaze got an action outside its spec Categorical({n_moves}): actions are move "
+            f"indices 0..{n_moves - 1} (up, down, left, right). Check the policy's output.",
+        )
         target = self.position + self.moves[action]
         blocked = self.walls[target[..., 0], target[..., 1]]
         self.position = torch.where(blocked[..., None], self.position, target)
