@@ -228,10 +228,19 @@ def test_level_reward_of_wrong_shape(env):
 # --- levels and rules on their own ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps", [0, -3, 2.0])
-def test_timeout_needs_positive_int(steps):
-    with pytest.raises(ValueError, match="Timeout\\(steps\\) needs a positive int"):
-        Timeout(steps)
+@pytest.mark.parametrize("transitions", [0, -3, 2.0, True, None])
+def test_timeout_needs_positive_int(transitions):
+    with pytest.raises(ValueError, match="Timeout\\(transitions\\) needs a positive int"):
+        Timeout(transitions)
+
+
+def test_timeout_names_what_it_counts_and_keeps_steps_as_a_deprecated_alias():
+    assert repr(Timeout(4)) == "Timeout(transitions=4)"
+    with pytest.warns(DeprecationWarning, match="Timeout\\(transitions=...\\)"):
+        old = Timeout(steps=4)
+    assert old == Timeout(transitions=4) and old.steps == 4
+    with pytest.raises(TypeError, match="not both"):
+        Timeout(4, steps=4)
 
 
 @pytest.mark.parametrize("tolerance", [0, -0.5, float("nan")])
@@ -269,7 +278,7 @@ def test_level_needs_a_name(name):
 
 
 def test_top_level_control_is_never_consulted_so_it_warns(env):
-    with pytest.warns(UserWarning, match=r"'top' is the top level.*Timeout\(steps=5\).*never consulted"):
+    with pytest.warns(UserWarning, match=r"'top' is the top level.*Timeout\(transitions=5\).*never consulted"):
         Hierarchy(
             [random_level("top", Categorical(3), control=Timeout(5)),
              random_level("low", env.action_spec_unbatched, lowest=True)],

@@ -10,6 +10,7 @@ always hands control up, whatever the rule says. Rules compose with ``|`` and ``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -156,19 +157,43 @@ class AllOf(ReturnControlRule):
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Timeout(ReturnControlRule):
-    """Hands control back after ``steps`` completed transitions of the level since it took
-    control (env steps for the lowest level), as HAC's horizon H does."""
+    """Hands control back after ``transitions`` completed transitions of the level since it
+    took control, as HAC's horizon H does. For the lowest level a transition is one env step;
+    above it, one transition lasts until the level below hands control back.
 
-    steps: int
+    ``Timeout(steps=n)`` is the deprecated spelling of ``Timeout(transitions=n)``.
+    """
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"Timeout(steps) needs a positive int, got {self.steps!r}.")
+    transitions: int
+
+    def __init__(self, transitions: int | None = None, *, steps: int | None = None):
+        if steps is not None:
+            if transitions is not None:
+                raise TypeError("Timeout takes transitions= (or the deprecated steps=), not both.")
+            warnings.warn(
+                "Timeout(steps=...) is deprecated: it counts the level's own completed "
+                "transitions (env steps only for the lowest level). Use "
+                "Timeout(transitions=...) or Timeout(n).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            transitions = steps
+        if isinstance(transitions, bool) or not isinstance(transitions, int) or transitions < 1:
+            raise ValueError(
+                "Timeout(transitions) needs a positive int (the level's own completed "
+                f"transitions since it took control), got {transitions!r}."
+            )
+        object.__setattr__(self, "transitions", transitions)
+
+    @property
+    def steps(self) -> int:
+        """Deprecated name of :attr:`transitions`."""
+        return self.transitions
 
     def __call__(self, step: LevelStep) -> Tensor:
-        return step.count >= self.steps
+        return step.count >= self.transitions
 
 
 @dataclass(frozen=True)
