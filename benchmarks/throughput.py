@@ -16,7 +16,6 @@ import json
 import platform
 import statistics
 import time
-import timeit
 import warnings
 from pathlib import Path
 

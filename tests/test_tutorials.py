@@ -4,7 +4,6 @@ errors and with its plots; the notebooks built from ``tutorials/_src`` match the
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import nbformat
