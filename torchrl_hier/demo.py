@@ -34,7 +34,7 @@ def main(n_envs: int = 8, n_steps: int = 60, seed: int = 0) -> None:
     for name, data in hierarchy.transitions(rollout).items():
         tau = data["steps_to_next_obs"].float().mean().item()
         reward = data["next", "reward"].mean().item()
-        print(f"  {name:>10} {data.numel():6d} {tau:8.2f} {reward:10.3f}")
+        print(f"  {name:>10} {data.shape[0]:6d} {tau:8.2f} {reward:10.3f}")
 
 
 if __name__ == "__main__":
