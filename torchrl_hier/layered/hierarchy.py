@@ -534,11 +534,11 @@ class Hierarchy:
         if not isinstance(value, (Tensor, np.ndarray)):
             value = np.asarray(value)
         dtype = value.dtype
-        is_bool = dtype in (torch.bool, np.bool_)
-        is_int = (not is_bool) and (
-            (isinstance(value, Tensor) and not dtype.is_floating_point and not dtype.is_complex)
-            or (isinstance(value, np.ndarray) and np.issubdtype(dtype, np.integer))
-        )
+        if isinstance(value, Tensor):
+            is_bool = dtype == torch.bool
+            is_int = not (is_bool or dtype.is_floating_point or dtype.is_complex)
+        else:
+            is_bool, is_int = dtype.kind == "b", dtype.kind in "iu"
         if not (is_bool or is_int):
             raise TypeError(
                 f"{what} must hold booleans (or 0/1 integers), got dtype {dtype}. "
