@@ -749,3 +749,24 @@ def test_layered_hierarchy_on_cuda():
     stats = collector.collect(n_steps=30, learn=False)
     assert stats["transitions"]["primitive"] == 240
     assert hierarchy._state.completed.device.type == "cuda"
+
+
+def test_transitions_are_extracted_only_when_read_and_once():
+    from tensordict import TensorDict
+
+    from torchrl_hier.transitions import LazyTransitions
+
+    calls = []
+
+    def extract(names):
+        calls.append(list(names))
+        return {name: TensorDict({}, batch_size=[0]) for name in names}
+
+    lazy = LazyTransitions(extract, ["top", "mid", "low"])
+    assert calls == [] and list(lazy) == ["top", "mid", "low"] and len(lazy) == 3
+    lazy["mid"], lazy["mid"]
+    assert calls == [["mid"]]
+    dict(lazy.items())
+    assert calls == [["mid"], ["top", "low"]]  # the rest in one pass
+    with pytest.raises(KeyError, match="No level named 'nope'"):
+        lazy["nope"]

@@ -98,8 +98,22 @@ class LazyTransitions(Mapping[str, TensorDict]):
         if name not in self._cache:
             if name not in self._names:
                 raise KeyError(f"No level named {name!r} (levels: {self._names}).")
-            self._cache.update(self._extract([name]))
+            self.extract([name])
         return self._cache[name]
+
+    def extract(self, names: Sequence[str]) -> None:
+        """Extracts the named levels' transitions now, in one pass."""
+        missing = [name for name in names if name not in self._cache]
+        if missing:
+            self._cache.update(self._extract(missing))
+
+    def values(self):
+        self.extract(self._names)
+        return super().values()
+
+    def items(self):
+        self.extract(self._names)
+        return super().items()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -281,7 +281,8 @@ class Hierarchy:
         transitions = LazyTransitions(
             lambda names: self._extract(acting, step, new, names), self.names
         )
-        if self.training:
+        if self.training and self.learners:
+            transitions.extract(list(self.learners))
             for name, learner in self.learners.items():
                 learner.extend(transitions[name])
         if any_done is False:
