@@ -375,10 +375,11 @@ def usable_device(spec: torch.device | str) -> torch.device:
                 f"device={str(spec)!r} but this machine has no usable CUDA GPU "
                 "(torch.cuda.is_available() is False). Use device='cpu'."
             )
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
             raise ValueError(
-                f"device={str(spec)!r} but this machine has {torch.cuda.device_count()} CUDA "
-                "device(s)."
+                f"device={str(spec)!r} but this machine has {count} CUDA device(s) "
+                f"(cuda:0 .. cuda:{count - 1})."
             )
     return device
 

@@ -34,7 +34,7 @@ from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
 from torchrl.objectives import LossModule
 
 from torchrl_hier.envs import make_env
-from torchrl_hier.hierarchy import Hierarchy
+from torchrl_hier.hierarchy import Hierarchy, usable_device
 from torchrl_hier.learning import HierarchyLearner, LevelLearner
 from torchrl_hier.level import Level
 from torchrl_hier.levels import (
@@ -97,18 +97,10 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     if device.type == "cpu":
         return device
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device={spec!r} but this machine has no usable CUDA GPU "
-                "(torch.cuda.is_available() is False). Use device=cpu."
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ConfigError(
-                f"device={spec!r} but this machine has {count} CUDA device(s) "
-                f"(cuda:0 .. cuda:{count - 1})."
-            )
-        return device
+        try:
+            return usable_device(device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if device.type == "mps":
         if not torch.backends.mps.is_available():
             raise ConfigError(f"device={spec!r} but MPS is not available here. Use device=cpu.")

@@ -36,6 +36,7 @@ from torchrl.objectives import DQNLoss, LossModule, SACLoss, TD3Loss, ValueEstim
 
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION
 from torchrl_hier.levels.goals import SubgoalSpace
+from torchrl_hier.smdp import masked_where
 
 __all__ = [
     "InputNet",
@@ -330,8 +331,7 @@ class GreedyWhenTested(TensorDictModuleBase):
             explored = self.policy(tensordict.copy()).get(ACTION)
             with set_exploration_type(ExplorationType.DETERMINISTIC):
                 greedy = self.policy(tensordict.copy()).get(ACTION)
-        mask = tested.reshape(tested.shape + (1,) * (greedy.ndim - tested.ndim))
-        return tensordict.set(ACTION, torch.where(mask, greedy, explored))
+        return tensordict.set(ACTION, masked_where(tested, greedy, explored))
 
 
 class LatticeSubgoal(TensorDictModuleBase):
