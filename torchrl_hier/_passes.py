@@ -273,6 +273,26 @@ def level_steps(
     return out
 
 
+def env_level_steps(
+    td: TensorDictBase,
+    next_td: TensorDictBase,
+    levels: Sequence[Level],
+    keys: EnvKeys,
+    state: HierarchyState,
+) -> list[LevelStep]:
+    """:func:`level_steps` of an env step given as its TensorDicts at t and t+1."""
+    return level_steps(
+        levels,
+        state,
+        observation=td.get(keys.observation),
+        action=td.get(keys.action),
+        next_observation=next_td.get(keys.observation),
+        env_reward=next_td.get(keys.reward).reshape(td.batch_size),
+        root=td,
+        next=next_td,
+    )
+
+
 def _constant(value: Tensor) -> Callable[[], Tensor]:
     return lambda: value
 
@@ -341,16 +361,7 @@ def backward_pass(
     """:func:`complete_transitions` on env TensorDicts: writes the new state into ``next_td``."""
     names = [level.name for level in levels[:-1]]
     state = HierarchyState.read(td, names)
-    infos = level_steps(
-        levels,
-        state,
-        observation=td.get(keys.observation),
-        action=td.get(keys.action),
-        next_observation=next_td.get(keys.observation),
-        env_reward=next_td.get(keys.reward).reshape(td.batch_size),
-        root=td,
-        next=next_td,
-    )
+    infos = env_level_steps(td, next_td, levels, keys, state)
     done = next_td.get(keys.done).reshape(td.batch_size)
     new = complete_transitions(levels, state, infos, done, gammas)
     carried = _state(td)

@@ -18,9 +18,9 @@ from torchrl_hier._passes import (
     EnvKeys,
     HierarchyState,
     backward_pass,
+    env_level_steps,
     forward_pass,
     level_input,
-    level_steps,
     pending_action_entry,
     pending_action_key,
     start_observation_entry,
@@ -336,16 +336,7 @@ class Hierarchy:
         next_td.update(env.full_reward_spec.zero().to(self.device))
         next_td.update(env.full_done_spec.zero().to(self.device))
         names = [level.name for level in self.levels[:-1]]
-        steps = level_steps(
-            self.levels,
-            HierarchyState.read(td, names),
-            observation=td.get(keys.observation),
-            action=td.get(keys.action),
-            next_observation=next_td.get(keys.observation),
-            env_reward=next_td.get(keys.reward).reshape(batch_size),
-            root=td,
-            next=next_td,
-        )
+        steps = env_level_steps(td, next_td, self.levels, keys, HierarchyState.read(td, names))
         for level, step in zip(self.levels, steps):
             step.count = torch.ones(batch_size, dtype=torch.int64, device=self.device)
             checks = [("reward", level.reward)] if level.reward is not None else []
