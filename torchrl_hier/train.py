@@ -112,8 +112,9 @@ if not OmegaConf.has_resolver("torchrl_hier.hydra_dir"):
     OmegaConf.register_new_resolver("torchrl_hier.hydra_dir", hydra_dir)
 
 
-def _run_dir(cfg: DictConfig) -> Path:
-    """``run_dir`` (per job under it in a multirun), else Hydra's output directory."""
+def _run_dir(cfg: DictConfig, fallback: Path | None = None) -> Path:
+    """``run_dir`` (per job under it in a multirun), else Hydra's output directory, else
+    ``fallback`` (default ``outputs/<date>/<time>``) when not run by Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -124,7 +125,7 @@ def _run_dir(cfg: DictConfig) -> Path:
         return Path(cfg.run_dir)
     if hydra_cfg is not None:
         return Path(hydra_cfg.runtime.output_dir)
-    return Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    return fallback or Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
 def _seed_everything(seed: int) -> None:
@@ -146,25 +147,19 @@ def _check_budget(cfg: DictConfig, ckpt_frames: int | None = None, ckpt_file: Pa
         )
 
 
-def _resume_dir(requested: str | None, origin: Path) -> Path:
-    """Where a resumed run writes: ``run_dir`` if given, else Hydra's output directory
-    (``<run>/resumed/<date_time>``), never the resumed run's own directory, whose checkpoints
-    and logs stay as they are."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    if requested:
-        target = Path(requested)
-    elif hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN:
-        target = Path(hydra_cfg.runtime.output_dir)
-    else:
-        target = origin / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+def _resume_dir(cfg: DictConfig, origin: Path) -> Path:
+    """Where a resumed run writes (``cfg``: this invocation's config, before the checkpoint's
+    is merged in): as a new run would (Hydra's output directory is ``<run>/resumed/<date_time>``
+    on a resume), never the resumed run's own directory, whose checkpoints and logs stay as
+    they are."""
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    target = _run_dir(cfg, fallback=origin / "resumed" / stamp)
     if target.resolve() == origin.resolve():
         raise ConfigError(
-            f"run_dir={requested} is the directory of the run being resumed. A resumed run writes "
-            "into a directory of its own, so that the original's checkpoints, logs and summary "
-            "stay intact: pass another run_dir, or leave it unset (<run>/resumed/<date_time>)."
+            f"run_dir={cfg.get('run_dir')} is the directory of the run being resumed. A resumed "
+            "run writes into a directory of its own, so that the original's checkpoints, logs "
+            "and summary stay intact: pass another run_dir, or leave it unset "
+            "(<run>/resumed/<date_time>)."
         )
     return target
 
@@ -200,14 +195,14 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     _check_budget(cfg)
     ckpt, ckpt_file = None, None
     if cfg.get("resume"):
-        requested_dir = cfg.get("run_dir")
+        invocation = cfg
         ckpt, ckpt_file = load_checkpoint(cfg.resume)
         cfg = resume_config(cfg, ckpt, ckpt_file, overrides)
         resolve_device(cfg.device)
         check_logger(cfg)
         _check_budget(cfg, ckpt_frames=int(ckpt["frames"]), ckpt_file=ckpt_file)
         origin = run_directory(ckpt_file)
-        run_dir = _resume_dir(requested_dir, origin)
+        run_dir = _resume_dir(invocation, origin)
         _copy_logs(origin / cfg.logger.exp_name, run_dir / cfg.logger.exp_name, int(ckpt["frames"]))
     else:
         run_dir = _run_dir(cfg)
