@@ -574,8 +574,9 @@ class _TransitionCounter:
     """Completed transitions per level: added per instance each step (an elementwise in-place
     add, cheaper than a reduction per step), summed over instances when read."""
 
-    def __init__(self, n_levels: int, n_instances: int, device: torch.device, start=None):
-        self._device = device
+    def __init__(
+        self, n_levels: int, n_instances: int, device: torch.device, start: Sequence[int] | None = None
+    ):
         self._folded = list(start) if start is not None else [0] * n_levels
         self._per_instance = torch.zeros(n_instances, n_levels, dtype=torch.int64, device=device)
 
