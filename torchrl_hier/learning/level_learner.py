@@ -108,9 +108,9 @@ class LevelLearner:
             step (SAC's actions, TD3's target noise) come from inductor's own generator, so
             the random stream differs from an eager run's (same distributions);
             ``torch._inductor.config.fallback_random = True`` makes them equal. If compiling
-            fails (TorchRL 0.14.1's ``TanhDelta`` actor with ``safe=True``, the ready-made
-            TD3 actor, refuses to be compiled), the learner warns, says why, and runs that
-            step and all later ones eagerly. Each compiled learner adds an entry to dynamo's
+            fails (e.g. TorchRL 0.14.1's ``TanhDelta`` with its default ``safe=True``
+            refuses to be compiled; the ready-made TD3 actor uses ``safe=False``), the
+            learner warns, says why, and runs that step and all later ones eagerly. Each compiled learner adds an entry to dynamo's
             cache of the step; past ``torch._dynamo.config.recompile_limit`` (8) learners in
             one process, the later ones run eagerly (torch logs it). Default ``False``.
     """
@@ -493,7 +493,7 @@ class LevelLearner:
         device = self._loss_device()
         sample = make_sampler(self.buffer, self.batch_size)
         target_step = None
-        if isinstance(self.target_updater, SoftUpdate) and type(self.target_updater) is SoftUpdate:
+        if type(self.target_updater) is SoftUpdate:
             target_step = FusedSoftUpdate(self.target_updater).step
         elif self.target_updater is not None:
             target_step = self.target_updater.step
