@@ -1,11 +1,12 @@
-"""The same hierarchy on a cuda GridMaze, under ``env.rollout`` and ``Collector``; skipped
-without a GPU. On a deterministic setup its transitions equal the cpu ones."""
+"""The built-in tasks and the same hierarchy on cuda, under ``env.rollout`` and ``Collector``;
+skipped without a GPU. One seed gives the same episodes on cuda as on cpu, so the cuda
+transitions equal the cpu ones."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
@@ -15,7 +16,7 @@ from torchrl.envs.utils import check_env_specs
 from torchrl.modules import MLP, QValueActor
 
 from torchrl_hier import Hierarchy, Level, Timeout
-from torchrl_hier.envs import GridMaze
+from torchrl_hier.envs import GridMaze, PointMaze
 
 DEVICE = "cuda"
 
@@ -23,28 +24,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-
-class HostSeededGridMaze(GridMaze):
-    """GridMaze whose start and goal cells come from a cpu twin and are moved to its device.
-
-    GridMaze draws them from a generator on its own device, and cpu and cuda generators give
-    different numbers for the same seed; drawing on the cpu makes episodes device-independent,
-    so cpu and cuda runs can be compared transition by transition.
-    """
-
-    def __init__(self, *args, device: str = "cpu", **kwargs):
-        super().__init__(*args, device=device, **kwargs)
-        # in a tuple, so that it is not registered as a submodule (and moved with the env)
-        self._host_twin = (GridMaze(*args, device="cpu", **kwargs),)
-
-    def _sample_start_and_goal(self) -> tuple[torch.Tensor, torch.Tensor]:
-        start, goal = self._host_twin[0]._sample_start_and_goal()
-        return start.to(self.device), goal.to(self.device)
-
-    def _set_seed(self, seed: int | None) -> None:
-        super()._set_seed(seed)
-        self._host_twin[0]._set_seed(seed)
 
 
 def levels_on(device: str) -> list[Level]:
@@ -79,7 +58,7 @@ def levels_on(device: str) -> list[Level]:
 
 
 def make_env(device: str, seed: int = 7, n_envs: int = 4) -> GridMaze:
-    return HostSeededGridMaze(batch_size=[n_envs], max_steps=9, seed=seed, device=device)
+    return GridMaze(batch_size=[n_envs], max_steps=9, seed=seed, device=device)
 
 
 def run_rollout(device: str, steps: int = 30) -> tuple[Hierarchy, TensorDictBase]:
@@ -103,6 +82,25 @@ def assert_transitions_close(got: dict[str, TensorDictBase], expected: dict[str,
         assert set(other.keys(True, True)) == set(data.keys(True, True)), name
         for key in data.keys(True, True):
             torch.testing.assert_close(other.get(key), data.get(key), atol=1e-5, rtol=1e-5, msg=lambda m: f"{name} {key}: {m}")
+
+
+@pytest.mark.parametrize("cls", [GridMaze, PointMaze])
+def test_one_seed_gives_the_same_episodes_on_cpu_and_cuda(cls):
+    """Starts and goals through full and partial resets, and a moved env, equal the cpu ones
+    bit for bit (the draws are integer hashes, not a device's generator)."""
+    envs = [cls(batch_size=[64], layout="Large", seed=3, device=d) for d in ("cpu", DEVICE)]
+    envs.append(cls(batch_size=[64], layout="Large", seed=3).to(DEVICE))
+    masks = torch.Generator().manual_seed(0)
+    for step in range(6):
+        mask = None if step == 0 else torch.rand(64, 1, generator=masks) < 0.5
+        for env in envs:
+            env.reset(None if mask is None else TensorDict({"_reset": mask}, [64], device=env.device))
+        cpu = envs[0]
+        for env in envs[1:]:
+            assert env.position.is_cuda
+            assert torch.equal(env.position.cpu(), cpu.position), step
+            assert torch.equal(env.goal.cpu(), cpu.goal), step
+            assert torch.equal(env.draws.episodes.cpu(), cpu.draws.episodes)
 
 
 def test_specs_on_cuda():

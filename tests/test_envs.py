@@ -25,6 +25,7 @@ from torchrl_hier.envs import (
     rooms_layout,
     wall_boxes,
 )
+from torchrl_hier.envs.hash_rng import EpisodeDraws
 from torchrl_hier.envs.layouts import StartGoalSampler
 from torchrl_hier.levels import random_level
 
@@ -133,7 +134,8 @@ def test_path_distances_umaze_and_disconnected():
 
 def test_start_goal_sampler_is_uniform_over_valid_pairs():
     pairs = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 1]], dtype=torch.bool)
-    start, goal = StartGoalSampler(pairs)(40000, torch.Generator().manual_seed(0))
+    words = EpisodeDraws(40000, 2, seed=0)(torch.ones(40000, dtype=torch.bool))
+    start, goal = StartGoalSampler(pairs)(words)
     assert pairs[goal, start].all()
     counts = torch.zeros(3, 3).index_put_((goal, start), torch.ones(40000), accumulate=True)
     assert (counts[pairs] / 40000 - 0.25).abs().max() < 0.02
@@ -331,7 +333,7 @@ def test_partial_reset_only_touches_masked_instances(cls, batch_size):
     torch.testing.assert_close(
         out["achieved_goal"][mask], env._observation()["achieved_goal"][mask]
     )
-    assert not out["done"].any()
+    assert not out["done"][mask].any()  # the others keep their flags (one may have finished)
 
 
 @pytest.mark.parametrize("cls", [GridMaze, PointMaze])
@@ -345,6 +347,106 @@ def test_seeding_is_reproducible(cls):
     env.set_seed(3)  # reseeding replays the seed-3 run
     again = _run(env, _actions(env, 40))
     assert torch.equal(again["next", "observation"], runs[0]["next", "observation"])
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    """splitmix64's output function on plain Python ints (Vigna's reference algorithm)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _reference_words(seed: int, instance: int, episode: int, n: int) -> list[int]:
+    """The draws of one episode start, as documented in EpisodeDraws, in plain Python."""
+    key = _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ instance) ^ episode)
+    return [_splitmix64(key ^ j) >> 1 for j in range(n)]
+
+
+def _reference_episode(env, seed: int, instance: int, episode: int):
+    """(start, goal) of an instance's ``episode``-th reset, from the env's tables (valid pairs,
+    free cells) and the documented draws, computed in Python ints and numpy float32: no torch
+    op and no device is involved, so an env that matches it gives these episodes anywhere."""
+    sampler = env.sampler
+    words = _reference_words(seed, instance, episode, 2 if isinstance(env, GridMaze) else 6)
+    g = words[0] % sampler.goals.shape[0]
+    k = words[1] % int(sampler.counts[g])
+    start_cell = env.free_cells[int(sampler.starts[g, k])].tolist()
+    goal_cell = env.free_cells[int(sampler.goals[g])].tolist()
+    if isinstance(env, GridMaze):
+        return start_cell, goal_cell
+
+    def point(cell, pair):
+        noise = [np.float32(w >> 39) * np.float32(2.0**-24) * np.float32(2) - np.float32(1) for w in pair]
+        return [
+            np.float32(c) + np.float32(0.5) + n * np.float32(env.jitter)
+            for c, n in zip(cell[::-1], noise)
+        ]
+
+    return point(start_cell, words[2:4]), point(goal_cell, words[4:6])
+
+
+@pytest.mark.parametrize("cls", [GridMaze, PointMaze])
+def test_episodes_follow_the_device_independent_reference_draws(cls):
+    """Starts and goals, through full and partial resets, equal the plain-Python reference:
+    they depend on (seed, instance, its episode count) only, not on a device's generator."""
+    seed = 2**63 + 12345  # seeds are taken modulo 2**64
+    env = cls(batch_size=[5], layout="Medium", seed=seed)
+    episodes = [0] * 5
+    masks = [None, [True, False, True, False, False], [False, True, True, False, True]]
+    for mask in masks:
+        td = None if mask is None else TensorDict({"_reset": torch.tensor(mask)[:, None]}, [5])
+        env.reset(td)
+        for b in range(5):
+            if mask is not None and not mask[b]:
+                continue
+            start, goal = _reference_episode(env, seed, b, episodes[b])
+            episodes[b] += 1
+            if cls is GridMaze:
+                assert env.position[b].tolist() == start and env.goal[b].tolist() == goal
+            else:
+                assert torch.equal(env.position[b], torch.tensor(np.array(start)))
+                assert torch.equal(env.goal[b], torch.tensor(np.array(goal)))
+    assert env.draws.episodes.tolist() == episodes
+
+
+@pytest.mark.parametrize("cls", [GridMaze, PointMaze])
+def test_an_instance_episodes_do_not_depend_on_the_batch(cls):
+    small, large = cls(batch_size=[2], seed=5), cls(batch_size=[7], seed=5)
+    for _ in range(3):
+        small.reset()
+        large.reset()
+        assert torch.equal(small.goal, large.goal[:2])
+        assert torch.equal(small.position, large.position[:2])
+
+
+@pytest.mark.parametrize("cls", [GridMaze, PointMaze])
+def test_state_dict_restores_mid_episode_state_and_draws(cls):
+    """An env restored from ``state_dict()`` continues exactly as the original: same positions
+    mid-episode and the same episodes after later resets."""
+    env = cls(batch_size=[8], seed=1, max_steps=6)
+    actions = _actions(env, 20)
+    td = env.reset()
+    for action in actions[:7]:
+        td["action"] = action
+        _, td = env.step_and_maybe_reset(td)
+    saved = {k: v.clone() for k, v in env.state_dict().items()}
+    carried = td.clone()  # what a collector carries to the next step
+    rest = []
+    for action in actions[7:]:
+        td["action"] = action
+        step, td = env.step_and_maybe_reset(td)
+        rest.append(step["next", "observation"].clone())
+    restored = cls(batch_size=[8], seed=99, max_steps=6)
+    restored.load_state_dict(saved)
+    td = carried
+    for action, expected in zip(actions[7:], rest):
+        td["action"] = action
+        step, td = restored.step_and_maybe_reset(td)
+        assert torch.equal(step["next", "observation"], expected)
 
 
 class _CountOps(TorchDispatchMode):

@@ -11,6 +11,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from torchrl_hier.envs import _render
+from torchrl_hier.envs.hash_rng import EpisodeDraws
 from torchrl_hier.envs.layouts import StartGoalSampler, parse_layout, rooms_layout, valid_pairs
 
 __all__ = ["GridMaze", "rooms_layout"]
@@ -39,9 +40,12 @@ class GridMaze(EnvBase):
     distance (``distance="manhattan"``, default) or shortest-path length (``"path"``, which
     also keeps start and goal connected).
 
-    State lives in buffers, so ``env.to(device)`` moves it. Seeded by a ``torch.Generator``
-    (``seed`` or :meth:`set_seed`); ``seed=None`` means seed 0. Partial resets through
-    ``"_reset"`` resample only the instances asked for.
+    State lives in buffers, so ``env.to(device)`` moves it and ``env.state_dict()`` /
+    ``load_state_dict`` save and restore it (mid-episode positions and the draws' state
+    included). Starts and goals come from counter-based draws (:class:`EpisodeDraws`): an
+    instance's ``k``-th episode depends only on the seed (``seed`` or :meth:`set_seed`;
+    ``None`` means 0), the instance's index and ``k``, so one seed gives the same episodes on
+    every device. Partial resets through ``"_reset"`` resample only the instances asked for.
     """
 
     def __init__(
@@ -80,8 +84,7 @@ class GridMaze(EnvBase):
             ),
         )
         self.size = max(rows, cols)
-        self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(0 if seed is None else seed)
+        self.draws = EpisodeDraws(batch_size.numel(), 2, seed, self.device)
 
         shape = batch_size
         obs = {
@@ -134,18 +137,15 @@ class GridMaze(EnvBase):
             out.update(achieved_goal=achieved, desired_goal=desired)
         return out
 
-    def _sample_start_and_goal(self) -> tuple[torch.Tensor, torch.Tensor]:
-        start, goal = self.sampler(self.batch_size.numel(), self.rng)
-        shape = (*self.batch_size, 2)
-        return self.free_cells[start].reshape(shape), self.free_cells[goal].reshape(shape)
-
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
-        start, goal = self._sample_start_and_goal()
         if reset is None:
             reset = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
         else:
             reset = reset.reshape(self.batch_size)
+        start, goal = self.sampler(self.draws(reset))
+        shape = (*self.batch_size, 2)
+        start, goal = self.free_cells[start].reshape(shape), self.free_cells[goal].reshape(shape)
         self.position = torch.where(reset[..., None], start, self.position)
         self.goal = torch.where(reset[..., None], goal, self.goal)
         self.elapsed = torch.where(reset, 0, self.elapsed)
@@ -191,12 +191,7 @@ class GridMaze(EnvBase):
         )
 
     def _set_seed(self, seed: int | None) -> None:
-        self.rng.manual_seed(0 if seed is None else seed)
-
-    def to(self, device: torch.device | str) -> GridMaze:
-        """Moves specs and state; the generator moves too (re-seeded from its own stream)."""
-        self.rng = _moved_generator(self.rng, device)
-        return super().to(device)
+        self.draws.manual_seed(seed)
 
     # ----------------------------------------------------------------------------- rendering
     render_mode = "rgb_array"
@@ -213,12 +208,3 @@ class GridMaze(EnvBase):
         )
         return _render.to_numpy(image)
 
-
-def _moved_generator(rng: torch.Generator, device: torch.device | str) -> torch.Generator:
-    device = torch.device(device)
-    if rng.device == device or (rng.device.type == device.type and device.index is None):
-        return rng
-    seed = int(torch.randint(2**62, (), generator=rng, device=rng.device))
-    moved = torch.Generator(device=device)
-    moved.manual_seed(seed)
-    return moved

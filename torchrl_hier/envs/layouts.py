@@ -238,7 +238,7 @@ def valid_pairs(
 
 
 class StartGoalSampler(nn.Module):
-    """Samples (start, goal) cell indices from a bool ``pairs[goal, start]`` table: a goal
+    """Picks (start, goal) cell indices from a bool ``pairs[goal, start]`` table: a goal
     uniformly among goals that have a valid start, then a start uniformly among its valid
     starts. Keeps a padded table of valid starts per goal, so a draw is O(n) whatever the number
     of cells; a module with buffers, so ``env.to(device)`` moves it."""
@@ -254,10 +254,10 @@ class StartGoalSampler(nn.Module):
         self.register_buffer("counts", counts[goals])
         self.register_buffer("starts", order[:, :width].contiguous())
 
-    def forward(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.goals.device
-        g = torch.randint(self.goals.shape[0], (n,), generator=generator, device=device)
-        u = torch.rand(n, generator=generator, device=device)
-        counts = self.counts[g]
-        k = torch.minimum((u * counts).long(), counts - 1)
+    def forward(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and goal cells ``[n]`` from two non-negative random int64 words per draw
+        (``[n, 2]``, e.g. from :class:`~torchrl_hier.envs.hash_rng.EpisodeDraws`): integer
+        arithmetic only, so the same words pick the same cells on every device."""
+        g = words[:, 0] % self.goals.shape[0]
+        k = words[:, 1] % self.counts[g]
         return self.starts[g, k], self.goals[g]

@@ -16,7 +16,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from torchrl_hier.envs import _render
-from torchrl_hier.envs.grid_maze import _moved_generator
+from torchrl_hier.envs.hash_rng import EpisodeDraws, uniform
 from torchrl_hier.envs.layouts import StartGoalSampler, parse_layout, valid_pairs
 
 __all__ = ["PointMaze", "wall_boxes"]
@@ -63,7 +63,10 @@ class PointMaze(EnvBase):
 
     ``layout`` is a name from :data:`~torchrl_hier.envs.LAYOUTS` (``"UMaze"``, ``"Medium"``,
     ``"Large"``, ``"Open"``), text rows or a bool wall mask. State lives in buffers (moved by
-    ``env.to``); seeded by a ``torch.Generator`` (``seed=None`` means 0); partial resets through
+    ``env.to``, saved and restored by ``env.state_dict()`` / ``load_state_dict``). Starts, goals
+    and their jitter come from counter-based draws (:class:`EpisodeDraws`): an instance's
+    ``k``-th episode depends only on the seed (``seed=None`` means 0), the instance's index and
+    ``k``, so one seed gives the same episodes on every device. Partial resets through
     ``"_reset"`` resample only the instances asked for.
     """
 
@@ -122,8 +125,8 @@ class PointMaze(EnvBase):
         self._extent = (float(cols), float(rows))
         self._margin = self.agent_radius + _EPS
         self.register_buffer("extent", torch.tensor(self._extent, device=self.device))
-        self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(0 if seed is None else seed)
+        # per reset: 2 words pick the cells, 2 jitter the start and 2 the goal
+        self.draws = EpisodeDraws(batch_size.numel(), 6, seed, self.device)
 
         shape, dev = batch_size, self.device
         zero2 = torch.zeros(2, device=dev)
@@ -186,22 +189,23 @@ class PointMaze(EnvBase):
             "desired_goal": self.goal.clone(),
         }
 
-    def _cell_points(self, cells: torch.Tensor) -> torch.Tensor:
-        """Jittered (x, y) points inside the given ``[n, 2]`` (row, col) cells."""
-        noise = torch.rand(cells.shape, generator=self.rng, device=self.device) * 2 - 1
+    def _cell_points(self, cells: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """(x, y) points inside the given ``[n, 2]`` (row, col) cells, jittered by the random
+        ``words`` ``[n, 2]``."""
+        noise = uniform(words) * 2 - 1
         return cells.flip(-1).float() + 0.5 + noise * self.jitter
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
-        n = self.batch_size.numel()
-        start, goal = self.sampler(n, self.rng)
-        shape = (*self.batch_size, 2)
-        start = self._cell_points(self.free_cells[start]).reshape(shape)
-        goal = self._cell_points(self.free_cells[goal]).reshape(shape)
         if reset is None:
             reset = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
         else:
             reset = reset.reshape(self.batch_size)
+        words = self.draws(reset)
+        start, goal = self.sampler(words[:, :2])
+        shape = (*self.batch_size, 2)
+        start = self._cell_points(self.free_cells[start], words[:, 2:4]).reshape(shape)
+        goal = self._cell_points(self.free_cells[goal], words[:, 4:]).reshape(shape)
         self.position = torch.where(reset[..., None], start, self.position)
         self.goal = torch.where(reset[..., None], goal, self.goal)
         self.velocity = torch.where(reset[..., None], 0.0, self.velocity)
@@ -274,12 +278,7 @@ class PointMaze(EnvBase):
         )
 
     def _set_seed(self, seed: int | None) -> None:
-        self.rng.manual_seed(0 if seed is None else seed)
-
-    def to(self, device: torch.device | str) -> PointMaze:
-        """Moves specs and state; the generator moves too (re-seeded from its own stream)."""
-        self.rng = _moved_generator(self.rng, device)
-        return super().to(device)
+        self.draws.manual_seed(seed)
 
     # ----------------------------------------------------------------------------- rendering
     render_mode = "rgb_array"
