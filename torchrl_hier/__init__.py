@@ -4,6 +4,8 @@ A hierarchy is a TorchRL policy (forward pass) plus an env transform (backward p
 level learns from its own semi-MDP transitions with stock ``torchrl.objectives`` losses.
 """
 
+__version__ = "0.1.0"  # the package's only version string (pyproject.toml reads it)
+
 from torchrl_hier import control
 from torchrl_hier.control import (
     Always,
@@ -18,6 +20,7 @@ from torchrl_hier.hierarchy import Hierarchy, HierarchyPolicy, HierarchyTransfor
 from torchrl_hier.level import Level
 
 __all__ = [
+    "__version__",
     "control",
     "Always",
     "GoalReached",
