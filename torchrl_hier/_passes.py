@@ -20,6 +20,9 @@ State carried in the env TensorDict (``n`` levels, batch shape ``B``):
   control (what :class:`~torchrl_hier.control.Timeout` counts).
 - ``("hier", f"{name}_action")`` and ``("hier", f"{name}_observation")`` for every level but
   the lowest: its pending action and its observation when it chose that action.
+- ``("hier", f"{name}_{record}")`` for every record of such a level (:attr:`Level.records`,
+  e.g. the sample log-prob of its choice), kept from the choice on like the pending action.
+  The lowest level's records are written into the env TensorDict itself, beside the action.
 
 All entries are leaves of the one ``"hier"`` TensorDict: TorchRL's per-step cost (``step_mdp``,
 resets, collector storage) grows with every carried entry and every nested TensorDict.
@@ -71,9 +74,27 @@ def start_observation_key(name: str) -> tuple[str, str]:
     return (STATE, start_observation_entry(name))
 
 
-def carried_entries(names: Sequence[str]) -> list[str]:
-    """The ``"hier"`` entries of the levels ``names`` (those above the lowest)."""
-    return [entry for name in names for entry in (pending_action_entry(name), start_observation_entry(name))]
+def record_entry(name: str, record: str) -> str:
+    """The entry of ``"hier"`` holding what level ``name``'s running choice recorded."""
+    return f"{name}_{record}"
+
+
+def record_key(name: str, record: str) -> tuple[str, str]:
+    return (STATE, record_entry(name, record))
+
+
+def carried_entries(levels: Sequence[Level]) -> list[str]:
+    """The ``"hier"`` entries of ``levels`` (those above the lowest): pending action, start
+    observation and records of each."""
+    return [
+        entry
+        for level in levels
+        for entry in (
+            pending_action_entry(level.name),
+            start_observation_entry(level.name),
+            *(record_entry(level.name, record) for record in level.records),
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -92,7 +113,8 @@ class EnvKeys:
 class HierarchyState:
     """The per-instance hierarchy state as stacked tensors (see the module docstring).
 
-    ``actions`` and ``observations`` hold one tensor per level above the lowest.
+    ``actions`` and ``observations`` hold one tensor per level above the lowest, ``records``
+    one ``{record: tensor}`` per level above the lowest (empty for levels without records).
     """
 
     completed: Tensor
@@ -101,38 +123,44 @@ class HierarchyState:
     count: Tensor
     actions: tuple[Tensor, ...]
     observations: tuple[Tensor, ...]
+    records: tuple[dict[str, Tensor], ...]
 
     @classmethod
-    def read(cls, td: TensorDictBase, names: Sequence[str]) -> HierarchyState:
-        """The state under ``"hier"`` in ``td``; ``names``: the levels above the lowest."""
+    def read(cls, td: TensorDictBase, levels: Sequence[Level]) -> HierarchyState:
+        """The state under ``"hier"`` in ``td``; ``levels``: the levels above the lowest."""
         state = _state(td)
         try:
-            read = cls.from_entries(state, names)
+            read = cls.from_entries(state, levels)
         except KeyError:
             read = None
-        if read is None or read.completed.shape[-1] != len(names) + 1:
+        if read is None or read.completed.shape[-1] != len(levels) + 1:
             raise ValueError(
                 f"The hierarchy state in the TensorDict does not belong to this hierarchy: "
-                f"expected {len(names) + 1} levels with entries {carried_entries(names)}, found "
+                f"expected {len(levels) + 1} levels with entries {carried_entries(levels)}, found "
                 f"{sorted(state.keys())}. Run each hierarchy's policy in an env transformed by "
                 "that same hierarchy's transform."
             )
         return read
 
     @classmethod
-    def from_entries(cls, state: TensorDictBase, names: Sequence[str]) -> HierarchyState:
+    def from_entries(cls, state: TensorDictBase, levels: Sequence[Level]) -> HierarchyState:
         """The state from the ``"hier"`` entries themselves (see :meth:`to_tensordict`)."""
         return cls(
             completed=state.get("completed"),
             steps=state.get(STEPS_ENTRY),
             returns=state.get(RETURN_ENTRY),
             count=state.get("count"),
-            actions=tuple(state.get(pending_action_entry(name)) for name in names),
-            observations=tuple(state.get(start_observation_entry(name)) for name in names),
+            actions=tuple(state.get(pending_action_entry(level.name)) for level in levels),
+            observations=tuple(state.get(start_observation_entry(level.name)) for level in levels),
+            records=tuple(
+                {record: state.get(record_entry(level.name, record)) for record in level.records}
+                for level in levels
+            ),
         )
 
-    def to_tensordict(self, names: Sequence[str], batch_size, device=None) -> TensorDict:
+    def to_tensordict(self, levels: Sequence[Level], batch_size, device=None) -> TensorDict:
         """The ``"hier"`` entries as one TensorDict."""
+        names = [level.name for level in levels]
         return TensorDict(
             {
                 "completed": self.completed,
@@ -143,6 +171,11 @@ class HierarchyState:
                 **{
                     start_observation_entry(name): observation
                     for name, observation in zip(names, self.observations)
+                },
+                **{
+                    record_entry(name, record): value
+                    for name, records in zip(names, self.records)
+                    for record, value in records.items()
                 },
             },
             batch_size=batch_size,
@@ -159,6 +192,10 @@ class HierarchyState:
             count=pick(self.count, other.count),
             actions=tuple(map(pick, self.actions, other.actions)),
             observations=tuple(map(pick, self.observations, other.observations)),
+            records=tuple(
+                {key: pick(value, old[key]) for key, value in new.items()}
+                for new, old in zip(self.records, other.records)
+            ),
         )
 
     def clone(self) -> HierarchyState:
@@ -169,6 +206,7 @@ class HierarchyState:
             self.count.clone(),
             tuple(t.clone() for t in self.actions),
             tuple(t.clone() for t in self.observations),
+            tuple({key: t.clone() for key, t in records.items()} for records in self.records),
         )
 
 
@@ -194,8 +232,26 @@ def written_action(level: Level, out: TensorDictBase) -> Tensor:
     return action
 
 
-def _act(level: Level, level_obs: Tensor, parent_action: Tensor | None, batch_size, device) -> Tensor:
-    return written_action(level, level.policy(level_input(level_obs, parent_action, batch_size, device)))
+def written_records(level: Level, out: TensorDictBase) -> dict[str, Tensor]:
+    """The records (:attr:`Level.records`) a level's policy wrote, or an error naming them."""
+    records = {record: out.get(record, None) for record in level.records}
+    missing = [record for record, value in records.items() if value is None]
+    if missing:
+        raise KeyError(
+            f"Level {level.name!r} records {list(level.records)}, but its policy did not write "
+            f"{missing} (it wrote {sorted(map(str, out.keys(True, True)))}). Make the policy "
+            "write them (e.g. ProbabilisticActor(..., return_log_prob=True) for "
+            "'action_log_prob') or drop them from the level's records."
+        )
+    return records
+
+
+def _act(
+    level: Level, level_obs: Tensor, parent_action: Tensor | None, batch_size, device
+) -> tuple[Tensor, dict[str, Tensor]]:
+    out = level.policy(level_input(level_obs, parent_action, batch_size, device))
+    action = written_action(level, out)
+    return action, (written_records(level, out) if level.records else {})
 
 
 def _state(td: TensorDictBase) -> TensorDictBase:
@@ -211,26 +267,31 @@ def _state(td: TensorDictBase) -> TensorDictBase:
 # ----------------------------------------------------------------------------- the math
 def choose_actions(
     levels: Sequence[Level], observation: Tensor, state: HierarchyState, batch_size, device=None
-) -> tuple[Tensor, HierarchyState]:
+) -> tuple[Tensor, HierarchyState, dict[str, Tensor]]:
     """The forward pass: every level at or below the active one chooses a new action.
 
-    Returns the env action and the state with the higher levels' pending actions and start
-    observations updated.
+    Returns the env action, the state with the higher levels' pending actions, start
+    observations and records updated, and the lowest level's records.
     """
-    actions, observations = [], []
+    actions, observations, records = [], [], []
     parent_action = None
     for i, level in enumerate(levels[:-1]):
         level_obs = level.map_observation(observation)
-        new_action = _act(level, level_obs, parent_action, batch_size, device)
+        new_action, new_records = _act(level, level_obs, parent_action, batch_size, device)
         choose = state.completed[..., i]
         parent_action = masked_where(choose, new_action, state.actions[i])
         actions.append(parent_action)
         observations.append(masked_where(choose, level_obs, state.observations[i]))
+        old = state.records[i]
+        records.append({key: masked_where(choose, value, old[key]) for key, value in new_records.items()})
     lowest = levels[-1]
-    env_action = _act(lowest, lowest.map_observation(observation), parent_action, batch_size, device)
-    return env_action, HierarchyState(
-        state.completed, state.steps, state.returns, state.count, tuple(actions), tuple(observations)
+    env_action, lowest_records = _act(
+        lowest, lowest.map_observation(observation), parent_action, batch_size, device
     )
+    return env_action, HierarchyState(
+        state.completed, state.steps, state.returns, state.count, tuple(actions),
+        tuple(observations), tuple(records),
+    ), lowest_records
 
 
 def level_steps(
@@ -332,22 +393,30 @@ def complete_transitions(
         completed[i - 1] = (completed[i] & levels[i].control(info)) | done
     completed = torch.stack(completed, dim=-1)
     return HierarchyState(
-        completed, steps, returns, count + completed, state.actions, state.observations
+        completed, steps, returns, count + completed, state.actions, state.observations,
+        state.records,
     )
 
 
 # ----------------------------------------------------------------------------- TensorDict side
 def forward_pass(td: TensorDictBase, levels: Sequence[Level], keys: EnvKeys) -> TensorDictBase:
-    """:func:`choose_actions` on an env TensorDict: writes the env action and the pending
-    actions / start observations of the higher levels."""
-    names = [level.name for level in levels[:-1]]
-    state = HierarchyState.read(td, names)
-    action, state = choose_actions(levels, td.get(keys.observation), state, td.batch_size, td.device)
+    """:func:`choose_actions` on an env TensorDict: writes the env action (and the lowest
+    level's records) and the pending actions / start observations / records of the higher
+    levels."""
+    upper = levels[:-1]
+    state = HierarchyState.read(td, upper)
+    action, state, lowest_records = choose_actions(
+        levels, td.get(keys.observation), state, td.batch_size, td.device
+    )
     carried = _state(td)
-    for name, pending, start in zip(names, state.actions, state.observations):
-        carried.set(pending_action_entry(name), pending)
-        carried.set(start_observation_entry(name), start)
+    for level, pending, start, records in zip(upper, state.actions, state.observations, state.records):
+        carried.set(pending_action_entry(level.name), pending)
+        carried.set(start_observation_entry(level.name), start)
+        for record, value in records.items():
+            carried.set(record_entry(level.name, record), value)
     td.set(keys.action, action)
+    for record, value in lowest_records.items():
+        td.set(record, value)
     return td
 
 
@@ -359,8 +428,8 @@ def backward_pass(
     gammas: Tensor,
 ) -> TensorDictBase:
     """:func:`complete_transitions` on env TensorDicts: writes the new state into ``next_td``."""
-    names = [level.name for level in levels[:-1]]
-    state = HierarchyState.read(td, names)
+    upper = levels[:-1]
+    state = HierarchyState.read(td, upper)
     infos = env_level_steps(td, next_td, levels, keys, state)
     done = next_td.get(keys.done).reshape(td.batch_size)
     new = complete_transitions(levels, state, infos, done, gammas)
@@ -374,7 +443,7 @@ def backward_pass(
                 RETURN_ENTRY: new.returns,
                 "count": new.count,
                 # The pending actions do not change in the backward pass: share their entries.
-                **{entry: carried.get(entry) for entry in carried_entries(names)},
+                **{entry: carried.get(entry) for entry in carried_entries(upper)},
             },
             batch_size=next_td.batch_size,
             device=next_td.device,

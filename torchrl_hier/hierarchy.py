@@ -23,21 +23,25 @@ from torchrl_hier._passes import (
     level_input,
     pending_action_entry,
     pending_action_key,
+    record_entry,
+    record_key,
     start_observation_entry,
     start_observation_key,
     written_action,
+    written_records,
 )
+from torchrl_hier.collectors import reports_worker_errors
 from torchrl_hier.control import Always
 from torchrl_hier.level import Level
 from torchrl_hier.smdp import accumulator_specs
-from torchrl_hier.transitions import level_transitions
+from torchrl_hier.transitions import level_trajectories, level_transitions
 
 __all__ = ["Hierarchy", "HierarchyPolicy", "HierarchyTransform"]
 
 
 class HierarchyPolicy(TensorDictModuleBase):
     """The forward pass as a TorchRL policy: reads the observation and hierarchy state, writes
-    the env action and the higher levels' pending actions."""
+    the env action (with the lowest level's records) and the higher levels' pending actions."""
 
     def __init__(self, levels: Sequence[Level], keys: EnvKeys):
         super().__init__()
@@ -47,13 +51,18 @@ class HierarchyPolicy(TensorDictModuleBase):
         carried = [
             key
             for level in levels[:-1]
-            for key in (pending_action_key(level.name), start_observation_key(level.name))
+            for key in (
+                pending_action_key(level.name),
+                start_observation_key(level.name),
+                *(record_key(level.name, record) for record in level.records),
+            )
         ]
         # The whole state goes in: the policy passes it through to the transform.
         stats = [(STATE, name) for name in ("completed", "steps", "return", "count")]
         self.in_keys = [keys.observation, *stats, *carried]
-        self.out_keys = [keys.action, *carried]
+        self.out_keys = [keys.action, *levels[-1].records, *carried]
 
+    @reports_worker_errors
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         return forward_pass(tensordict, self.levels, self.keys)
 
@@ -67,7 +76,7 @@ class HierarchyTransform(Transform):
         self,
         levels: Sequence[Level],
         keys: EnvKeys,
-        level_specs: dict[str, tuple[TensorSpec, TensorSpec]],
+        level_specs: dict[str, tuple[TensorSpec, TensorSpec, dict[str, TensorSpec]]],
         reward_dtype: torch.dtype = torch.float32,
     ):
         super().__init__(in_keys=[], out_keys=[])
@@ -86,13 +95,17 @@ class HierarchyTransform(Transform):
         n = len(self.levels)
         shape = (*batch_size, n)
         per_level = {}
-        for name, (action, obs) in self.level_specs.items():
+        for name, (action, obs, records) in self.level_specs.items():
             per_level[pending_action_entry(name)] = Unbounded(
                 (*batch_size, *action.shape), dtype=action.dtype
             )
             per_level[start_observation_entry(name)] = Unbounded(
                 (*batch_size, *obs.shape), dtype=obs.dtype
             )
+            for record, spec in records.items():
+                per_level[record_entry(name, record)] = Unbounded(
+                    (*batch_size, *spec.shape), dtype=spec.dtype
+                )
         return Composite(
             {
                 "completed": Binary(n, shape=shape, dtype=torch.bool),
@@ -124,6 +137,7 @@ class HierarchyTransform(Transform):
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
         return self.carried.reset(tensordict_reset)
 
+    @reports_worker_errors
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase):
         return backward_pass(tensordict, next_tensordict, self.levels, self.keys, self.gammas)
 
@@ -223,6 +237,13 @@ class Hierarchy:
         """Each level's completed semi-MDP transitions in ``batch``, keyed by level name."""
         return level_transitions(batch, self.levels, self.keys)
 
+    def trajectories(self, batch: TensorDictBase) -> dict[str, TensorDict]:
+        """Each level's completed transitions in ``batch`` (time last, as collectors give it)
+        as ``[instances, T_level]`` trajectories in time order, with a ``"mask"`` of the
+        entries that hold one: what GAE and on-policy learners read
+        (:func:`~torchrl_hier.transitions.level_trajectories`)."""
+        return level_trajectories(batch, self.levels, self.keys)
+
     def _check_devices(self) -> None:
         for level in self.levels:
             tensors = [*level.policy.parameters(), *level.policy.buffers()]
@@ -234,9 +255,9 @@ class Hierarchy:
                         f"level.policy.to({str(self.device)!r}) or pass device={str(tensor.device)!r}."
                     )
 
-    def _check_levels(self) -> dict[str, tuple[TensorSpec, TensorSpec]]:
-        """Dry-runs every level on spec-shaped data; returns (action spec, observation spec)
-        of each level above the lowest, for the transform's state spec."""
+    def _check_levels(self) -> dict[str, tuple[TensorSpec, TensorSpec, dict[str, TensorSpec]]]:
+        """Dry-runs every level on spec-shaped data; returns (action spec, observation spec,
+        record specs) of each level above the lowest, for the transform's state spec."""
         env = self.env
         obs_spec = env.observation_spec.get(self.keys.observation, None)
         if obs_spec is None:
@@ -292,6 +313,7 @@ class Hierarchy:
                     f"{tuple(level_obs.shape)}{where}: {err}. {fix}"
                 ) from err
             action = written_action(level, out)
+            records = written_records(level, out)
             expected = action_spec.zero(batch_size) if i < lowest else action_spec.zero()
             if action.shape != expected.shape or action.dtype != expected.dtype:
                 raise ValueError(
@@ -313,10 +335,21 @@ class Hierarchy:
                     f"the env's action spec {_describe(action_spec)}, e.g. {action.reshape(-1)[:4].tolist()}. "
                     "Make the policy's output fit the spec (e.g. as many Q-values as actions)."
                 )
+            for record, value in records.items():
+                if tuple(value.shape[: len(batch_size)]) != tuple(batch_size):
+                    raise ValueError(
+                        f"Level {level.name!r}: its policy wrote the record {record!r} with shape "
+                        f"{tuple(value.shape)}, which does not start with the env batch shape "
+                        f"{tuple(batch_size)}: a choice records one value per env instance."
+                    )
             if i < lowest:
                 level_specs[level.name] = (
                     Unbounded(action.shape[len(batch_size):], dtype=action.dtype),
                     Unbounded(level_obs.shape[len(batch_size):], dtype=level_obs.dtype),
+                    {
+                        record: Unbounded(value.shape[len(batch_size):], dtype=value.dtype)
+                        for record, value in records.items()
+                    },
                 )
             parent_action, parent = action, level
         return level_specs
@@ -335,8 +368,8 @@ class Hierarchy:
         next_td = env.full_observation_spec.zero().to(self.device)
         next_td.update(env.full_reward_spec.zero().to(self.device))
         next_td.update(env.full_done_spec.zero().to(self.device))
-        names = [level.name for level in self.levels[:-1]]
-        steps = env_level_steps(td, next_td, self.levels, keys, HierarchyState.read(td, names))
+        state = HierarchyState.read(td, self.levels[:-1])
+        steps = env_level_steps(td, next_td, self.levels, keys, state)
         for level, step in zip(self.levels, steps):
             step.count = torch.ones(batch_size, dtype=torch.int64, device=self.device)
             checks = [("reward", level.reward)] if level.reward is not None else []

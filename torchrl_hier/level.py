@@ -41,6 +41,11 @@ class Level:
         control: when this level hands control back to the level above (ignored on the top).
         gamma: the level's discount, used to accumulate its SMDP reward; losses of this level
             must use the same gamma and discount by ``gamma**steps_to_next_obs``.
+        records: entries of the policy's output that a choice records for the level's learner,
+            e.g. ``("action_log_prob",)`` for PPO/A2C (the sample log-prob of the choice). Above
+            the lowest level each is carried from the choice on, like the pending action, as
+            ``("hier", f"{name}_{record}")``; the lowest level writes them into the env
+            TensorDict. The level's transitions hold them. Default: none (no carried cost).
     """
 
     name: str
@@ -51,6 +56,7 @@ class Level:
     reward: Callable[[LevelStep], Tensor] | None = None
     control: ReturnControlRule = field(default_factory=Always)
     gamma: float = 0.99
+    records: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -67,6 +73,16 @@ class Level:
             )
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"Level {self.name!r}: gamma must be in [0, 1], got {self.gamma}.")
+        records = (self.records,) if isinstance(self.records, str) else tuple(self.records)
+        reserved = {OBSERVATION, PARENT_ACTION, ACTION}
+        bad = [r for r in records if not isinstance(r, str) or not r or r in reserved]
+        if bad or len(set(records)) != len(records):
+            raise ValueError(
+                f"Level {self.name!r}: records must be distinct entry names of the policy's "
+                f"output other than {sorted(reserved)} (e.g. ('action_log_prob',)), got "
+                f"{self.records!r}."
+            )
+        self.records = records
 
     def map_observation(self, observation: Tensor) -> Tensor:
         return observation if self.obs_map is None else self.obs_map(observation)

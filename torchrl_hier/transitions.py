@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import torch
 from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
 
 from torchrl_hier._passes import (
     COMPLETED,
@@ -12,11 +14,14 @@ from torchrl_hier._passes import (
     STEPS,
     EnvKeys,
     pending_action_key,
+    record_key,
     start_observation_key,
 )
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
 
 STEPS_TO_NEXT_OBS = "steps_to_next_obs"
+#: The entry of a level's trajectories saying which entries hold a transition.
+TRAJECTORY_MASK = "mask"
 
 
 def level_transitions(
@@ -29,10 +34,79 @@ def level_transitions(
     only those of the levels in ``names`` when given.
 
     A level's transitions are flat TensorDicts holding ``observation``, ``parent_action``
-    (below the top), ``action``, ``steps_to_next_obs`` (τ), and under ``"next"``:
-    ``observation``, ``parent_action``, ``reward`` (``sum_k gamma**k r_k``), ``done``,
-    ``terminated`` and ``truncated``. Rows keep the order of ``batch`` flattened.
+    (below the top), ``action``, the level's records (:attr:`Level.records`, e.g.
+    ``action_log_prob``), ``steps_to_next_obs`` (τ), and under ``"next"``: ``observation``,
+    ``parent_action``, ``reward`` (``sum_k gamma**k r_k``), ``done``, ``terminated`` and
+    ``truncated``. Rows keep the order of ``batch`` flattened.
     """
+    # Transitions are data: a rollout run with grad enabled must not leak its graph.
+    return {
+        name: level_batch[completed].detach()
+        for name, (level_batch, completed) in _level_batches(batch, levels, keys, names).items()
+    }
+
+
+def level_trajectories(
+    batch: TensorDictBase,
+    levels: Sequence[Level],
+    keys: EnvKeys,
+    names: Sequence[str] | None = None,
+    pack: bool = True,
+) -> dict[str, TensorDict]:
+    """Each level's completed transitions in ``batch`` as trajectories, in TorchRL's layout.
+
+    ``batch`` has time as its last dim (``[*B, T]``, as ``Collector`` and ``env.rollout``
+    give it). A level's trajectories have shape ``[N, T_level]`` (``N``: the ``*B`` env
+    instances flattened): row ``n`` holds instance ``n``'s transitions (the entries of
+    :func:`level_transitions`) in time order, packed to the front, and
+    ``TRAJECTORY_MASK`` (bool ``[N, T_level]``) says which entries hold one. So
+    ``torchrl.objectives.value.GAE`` runs over each row's semi-MDP steps, discounting by
+    ``gamma**steps_to_next_obs``. A transition still running at the end of ``batch`` is in
+    none of its rows: it completes, with what its choice recorded, in a later batch.
+    With ``pack=False`` the rows keep one entry per env step (``[N, T]``) and the mask says
+    where the level completed a transition (how a step-by-step loop hands them over).
+    """
+    if batch.ndim == 0:
+        raise ValueError("level_trajectories needs a batch with a time dim, got a 0-d TensorDict.")
+    flat = batch.reshape(-1, batch.shape[-1]) if batch.ndim > 1 else batch.unsqueeze(0)
+    out = {}
+    for name, (level_batch, completed) in _level_batches(flat, levels, keys, names).items():
+        if pack:
+            out[name] = pack_trajectories(level_batch.detach(), completed)
+        else:
+            out[name] = level_batch.detach().set(TRAJECTORY_MASK, completed)
+    return out
+
+
+def pack_trajectories(data: TensorDictBase, valid: Tensor) -> TensorDict:
+    """``data`` (``[N, T]``) with each row's ``valid`` entries moved to its front, in order, and
+    the rows cut to the longest count; ``TRAJECTORY_MASK`` marks the entries kept.
+
+    Packing trajectories that are already packed (or their concatenation along time, each
+    with its own mask) gives the packed union: how chunks of one run are joined."""
+    if data.ndim != 2 or valid.shape != data.shape:
+        raise ValueError(
+            f"pack_trajectories takes [N, T] data with an [N, T] mask, got {tuple(data.shape)} "
+            f"and {tuple(valid.shape)}."
+        )
+    counts = valid.sum(-1)
+    length = int(counts.max()) if counts.numel() else 0  # one host sync per batch and level
+    order = torch.argsort((~valid).to(torch.uint8), dim=-1, stable=True)[:, :length]
+    rows = torch.arange(data.shape[0], device=valid.device).unsqueeze(-1)
+    packed = data.exclude(TRAJECTORY_MASK)[rows, order]
+    positions = torch.arange(length, device=valid.device)
+    packed.set(TRAJECTORY_MASK, positions < counts.unsqueeze(-1))
+    return packed
+
+
+def _level_batches(
+    batch: TensorDictBase,
+    levels: Sequence[Level],
+    keys: EnvKeys,
+    names: Sequence[str] | None,
+) -> dict[str, tuple[TensorDict, Tensor]]:
+    """Each level's view of every step of ``batch`` (shape of ``batch``) and where it
+    completed a transition (bool, shape of ``batch``): the rows to keep."""
     next_batch = batch.get("next")
     if COMPLETED not in next_batch.keys(True):
         raise KeyError(
@@ -60,12 +134,15 @@ def level_transitions(
             continue
         if i == lowest:
             observation, action = level.map_observation(obs), batch.get(keys.action)
+            records = {record: batch.get(record) for record in level.records}
         else:
             observation = batch.get(start_observation_key(level.name))
             action = batch.get(pending_action_key(level.name))
+            records = {record: batch.get(record_key(level.name, record)) for record in level.records}
         data = {
             OBSERVATION: observation,
             ACTION: action,
+            **records,
             STEPS_TO_NEXT_OBS: steps[..., i : i + 1],
             "next": {
                 OBSERVATION: level.map_observation(next_obs),
@@ -78,8 +155,7 @@ def level_transitions(
             data[PARENT_ACTION] = parent_action
             data["next"][PARENT_ACTION] = parent_action
         level_batch = TensorDict(data, batch_size=batch.batch_size, device=batch.device)
-        # Transitions are data: a rollout run with grad enabled must not leak its graph.
-        out[level.name] = level_batch[completed[..., i]].detach()
+        out[level.name] = (level_batch, completed[..., i])
     return out
 
 

@@ -135,9 +135,9 @@ class Hierarchy:
         transform = self.engine.transform
         self._gammas = transform.gammas.to(self.device)
         self._batch_size = torch.Size([n])
-        self._upper_names = [level.name for level in self.levels[:-1]]
+        self._upper = self.levels[:-1]
         self._initial = HierarchyState.from_entries(
-            transform.initial_state(self._batch_size, self.device), self._upper_names
+            transform.initial_state(self._batch_size, self.device), self._upper
         )
         self.n_env_instances = n
 
@@ -174,7 +174,9 @@ class Hierarchy:
                     f"but the level accumulates its reward with gamma={level.gamma}; make them "
                     "equal (LevelLearner(loss, level=level) takes the level's)."
                 )
-            learner.check_level_keys(has_parent=i > 0, name=f"level {level.name!r}")
+            learner.check_level_keys(
+                has_parent=i > 0, name=f"level {level.name!r}", records=level.records
+            )
             out[level.name] = learner
         return out
 
@@ -223,10 +225,10 @@ class Hierarchy:
         self._sync_mode()
         exploration = ExplorationType.RANDOM if self.training else ExplorationType.DETERMINISTIC
         with torch.no_grad(), set_exploration_type(exploration):
-            action, state = choose_actions(
+            action, state, records = choose_actions(
                 self.levels, obs, self._state, self._batch_size, self.device
             )
-        self._acting = _Acting(obs, action, state)
+        self._acting = _Acting(obs, action, state, records)
         return action
 
     def process_transition(
@@ -304,7 +306,8 @@ class Hierarchy:
             {
                 self.keys.observation: acting.observation,
                 self.keys.action: acting.action,
-                STATE: acting.state.to_tensordict(self._upper_names, self._batch_size),
+                **acting.records,
+                STATE: acting.state.to_tensordict(self._upper, self._batch_size),
             },
             batch_size=self._batch_size,
             device=self.device,
@@ -328,7 +331,7 @@ class Hierarchy:
     ) -> dict[str, TensorDict]:
         root = self._root_tensordict(acting)
         next_td = self._next_tensordict(step)
-        next_td.set(STATE, new.to_tensordict(self._upper_names, self._batch_size))
+        next_td.set(STATE, new.to_tensordict(self._upper, self._batch_size))
         root.set("next", next_td)
         return level_transitions(root, self.levels, self.keys, names=names)
 
@@ -485,17 +488,18 @@ class Hierarchy:
                 torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
 
     def _state_dict(self, state: HierarchyState) -> dict:
-        return state.to_tensordict(self._upper_names, self._batch_size).to_dict()
+        return state.to_tensordict(self._upper, self._batch_size).to_dict()
 
     def _state_from(self, data: dict | None) -> HierarchyState | None:
         td = _from_dict(data, self._batch_size, self.device)
-        return None if td is None else HierarchyState.from_entries(td, self._upper_names)
+        return None if td is None else HierarchyState.from_entries(td, self._upper)
 
     def _acting_dict(self, acting: _Acting) -> dict:
         return {
             "observation": acting.observation,
             "action": acting.action,
             "state": self._state_dict(acting.state),
+            "records": dict(acting.records),
         }
 
     def _acting_from(self, data: dict | None) -> _Acting | None:
@@ -505,6 +509,7 @@ class Hierarchy:
             data["observation"].to(self.device),
             data["action"].to(self.device),
             self._state_from(data["state"]),
+            {key: value.to(self.device) for key, value in data.get("records", {}).items()},
         )
 
     # ----------------------------------------------------------------------------- input checks
@@ -598,6 +603,7 @@ class _Acting:
     observation: Tensor
     action: Tensor
     state: HierarchyState
+    records: dict[str, Tensor]  # the lowest level's (Level.records)
 
 
 @dataclasses.dataclass(frozen=True)

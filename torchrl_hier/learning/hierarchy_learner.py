@@ -109,7 +109,9 @@ class HierarchyLearner(Mapping[str, LevelLearner]):
                     f"({learner.level.name!r})."
                 )
             LevelLearner._resolve_gamma(level, learner.gamma)
-            learner.check_level_keys(has_parent=i > 0, name=f"level {level.name!r}")
+            learner.check_level_keys(
+                has_parent=i > 0, name=f"level {level.name!r}", records=level.records
+            )
 
     def extend(self, transitions: Mapping[str, TensorDictBase]) -> None:
         """Adds ``hierarchy.transitions(batch)`` (``{level name: transitions}``) to the buffers."""

@@ -38,8 +38,9 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimize
 GradientStep = Callable[[TensorDictBase], dict[str, torch.Tensor]]
 
 
-def transition_keys(has_parent: bool) -> set[NestedKey]:
-    """The leaf keys of a level's transitions as :meth:`Hierarchy.transitions` writes them."""
+def transition_keys(has_parent: bool, records: Iterable[str] = ()) -> set[NestedKey]:
+    """The leaf keys of a level's transitions as :meth:`Hierarchy.transitions` writes them
+    (``records``: the level's :attr:`~torchrl_hier.Level.records`)."""
     keys: set[NestedKey] = {
         OBSERVATION,
         ACTION,
@@ -52,7 +53,7 @@ def transition_keys(has_parent: bool) -> set[NestedKey]:
     }
     if has_parent:
         keys |= {PARENT_ACTION, ("next", PARENT_ACTION)}
-    return keys
+    return keys | set(records)
 
 
 def _key_str(key: NestedKey) -> str:
@@ -115,6 +116,10 @@ class LevelLearner:
             one process, the later ones run eagerly (torch logs it). Default ``False``.
     """
 
+    #: Whether the learner reads a level's trajectories (``hierarchy.trajectories(batch)``,
+    #: :class:`~torchrl_hier.learning.OnPolicyLearner`) rather than its transitions.
+    on_policy = False
+
     def __init__(
         self,
         loss: LossModule,
@@ -161,14 +166,7 @@ class LevelLearner:
         self._set_value_estimator()
         self.optimizer = self._make_optimizer(optimizer, lr)
         self.target_updater = self._make_target_updater(target_update, tau, period)
-        if buffer is None:
-            if not (isinstance(buffer_size, int) and buffer_size > 0):
-                raise ValueError(f"buffer_size must be a positive int, got {buffer_size!r}.")
-            buffer = TensorDictReplayBuffer(
-                storage=LazyTensorStorage(buffer_size, device=self.device),
-                batch_size=batch_size,
-            )
-        self.buffer = buffer
+        self.buffer = self._make_buffer(buffer, buffer_size)
         self.n_transitions = 0
         self.n_updates = 0
         self._schema: set[NestedKey] | None = None
@@ -181,6 +179,16 @@ class LevelLearner:
             self._step = torch.compile(self._gradient_step, **self.compile_options)
 
     # ----------------------------------------------------------------------------- setup
+    def _make_buffer(self, buffer: ReplayBuffer | None, buffer_size: int) -> ReplayBuffer | None:
+        """The replay buffer: ``buffer``, or a ``LazyTensorStorage`` one of ``buffer_size``."""
+        if buffer is not None:
+            return buffer
+        if not (isinstance(buffer_size, int) and buffer_size > 0):
+            raise ValueError(f"buffer_size must be a positive int, got {buffer_size!r}.")
+        return TensorDictReplayBuffer(
+            storage=LazyTensorStorage(buffer_size, device=self.device), batch_size=self.batch_size
+        )
+
     @staticmethod
     def _resolve_gamma(level: Level | None, gamma: float | None) -> float:
         if level is not None and not isinstance(level, Level):
@@ -323,27 +331,33 @@ class LevelLearner:
         }
         return (keys - optional) | {self.steps_key}
 
-    def check_level_keys(self, has_parent: bool, name: str = "this level") -> None:
-        """Raises if the loss reads entries that the level's transitions do not hold."""
-        missing = {
-            key for key in self.required_keys if key not in transition_keys(has_parent)
-        }
+    def check_level_keys(
+        self, has_parent: bool, name: str = "this level", records: Iterable[str] = ()
+    ) -> None:
+        """Raises if the loss reads entries that the level's transitions do not hold
+        (``records``: what the level's choices record, :attr:`~torchrl_hier.Level.records`)."""
+        held = transition_keys(has_parent, records)
+        missing = {key for key in self.required_keys if key not in held}
         if missing:
             raise KeyError(
                 f"The loss of {name} reads {_sorted(missing)}, which its transitions do not hold "
-                f"(they hold {_sorted(transition_keys(has_parent))}). Make its networks read "
-                f"{OBSERVATION!r}"
+                f"(they hold {_sorted(held)}). Make its networks read {OBSERVATION!r}"
                 + (f" and {PARENT_ACTION!r}" if has_parent else "")
-                + f", and the loss read {ACTION!r} and ('next', 'reward'/'done'/'terminated')."
+                + f", and the loss read {ACTION!r} and ('next', 'reward'/'done'/'terminated')"
+                + "; an entry the level's policy writes when it chooses (e.g. 'action_log_prob') "
+                "is kept when the level lists it in its records=."
             )
 
-    def _check_transitions(self, td: TensorDictBase) -> TensorDictBase:
+    def _check_transitions(self, td: TensorDictBase, valid: torch.Tensor | None = None) -> TensorDictBase:
+        """``td`` flattened to one batch dim, checked to hold what the loss reads, in the layout
+        of what the learner already holds; ``valid`` (``td``'s shape, kept as is): the entries
+        that hold a transition (the others are not checked for their tau)."""
         if not isinstance(td, TensorDictBase):
             raise TypeError(
                 f"extend expects a TensorDict of transitions (hierarchy.transitions(batch)[name]), "
                 f"got {type(td).__name__}."
             )
-        if td.batch_dims != 1:
+        if valid is None and td.batch_dims != 1:
             td = td.reshape(-1)
         present = set(td.keys(include_nested=True))
         missing = {key for key in self.required_keys if key not in present}
@@ -377,10 +391,13 @@ class LevelLearner:
             raise TypeError(
                 f"{_key_str(self.steps_key)!r} must hold integer step counts, got {steps.dtype}."
             )
-        if steps.numel() and bool((steps < 1).any()):
+        too_short = steps < 1
+        if valid is not None:
+            too_short = too_short & valid.reshape(valid.shape + (1,) * (steps.ndim - valid.ndim))
+        if steps.numel() and bool(too_short.any()):
             raise ValueError(
                 f"{_key_str(self.steps_key)!r} must be >= 1 (env steps per transition), got a "
-                f"minimum of {int(steps.min())}."
+                f"minimum of {int(steps[too_short].min())}."
             )
         return td
 
@@ -490,8 +507,13 @@ class LevelLearner:
         owed = self.updates_owed
         if owed == 0 or len(self.buffer) == 0:
             return {}
-        device = self._loss_device()
         sample = make_sampler(self.buffer, self.batch_size)
+        return self._run_steps(sample() for _ in range(owed))
+
+    def _run_steps(self, batches: Iterable[TensorDictBase]) -> dict[str, float]:
+        """One gradient step (and target update) per batch; the mean of each scalar output
+        over the steps, read back once, with the non-finite checks."""
+        device = self._loss_device()
         target_step = None
         if type(self.target_updater) is SoftUpdate:
             target_step = FusedSoftUpdate(self.target_updater).step
@@ -499,8 +521,8 @@ class LevelLearner:
             target_step = self.target_updater.step
         keys: list[str] = []
         sums: list[torch.Tensor] = []
-        for _ in range(owed):
-            batch = sample()
+        steps = 0
+        for batch in batches:
             if device is not None and batch.device != device:
                 batch = batch.to(device, non_blocking=True)
             if self.compile_options is not None and not self._compiled:
@@ -515,8 +537,11 @@ class LevelLearner:
             else:
                 torch._foreach_add_(sums, [out[key] for key in keys])
             self.n_updates += 1
+            steps += 1
+        if not steps:
+            return {}
         flags = [flag.float().reshape(1) for flag in self._non_finite.values()]
-        read = torch.cat([torch.stack(sums).float() / owed, *[f.to(sums[0].device) for f in flags]])
+        read = torch.cat([torch.stack(sums).float() / steps, *[f.to(sums[0].device) for f in flags]])
         values = read.tolist()  # the one host sync of the update
         means, flagged = values[: len(keys)], values[len(keys):]
         self._raise_if_non_finite(keys, means, flagged)

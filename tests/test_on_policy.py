@@ -1,0 +1,168 @@
+"""On-policy levels: what a choice records, per-level trajectories, semi-MDP GAE, the on-policy
+learner (flat and stacked PPO, the trainer, the LayeredRL-style API) and option-critic."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import ExplorationType, GymWrapper, TransformedEnv, set_exploration_type
+from torchrl.envs.utils import check_env_specs
+
+from torchrl_hier import Hierarchy, Timeout
+from torchrl_hier.envs import GridMaze
+from torchrl_hier.learning import OnPolicyLearner
+from torchrl_hier.levels import option_level, option_spec
+from torchrl_hier.levels.on_policy import on_policy_level
+
+
+def small_maze(n: int = 6, max_steps: int = 7, seed: int = 0) -> GridMaze:
+    """A 3x3 room: a random walk reaches the goal (termination) about as often as it runs out
+    of steps (truncation)."""
+    return GridMaze(batch_size=n, rooms=1, room_size=3, max_steps=max_steps, seed=seed)
+
+
+def ppo_stack(env, n_options: int = 3, timeout: int = 3, algorithm: str = "ppo"):
+    top, top_loss = on_policy_level("options", 4, option_spec(n_options), lowest=False, gamma=0.9)
+    low, low_loss = on_policy_level(
+        "moves", 4, env.action_spec_unbatched, parent_dim=n_options, algorithm=algorithm,
+        control=Timeout(timeout), gamma=0.8,
+    )
+    return Hierarchy([top, low], env), {"options": top_loss, "moves": low_loss}
+
+
+def collect(env, hierarchy, frames_per_batch: int, batches: int, seed: int = 0) -> list[TensorDictBase]:
+    torch.manual_seed(seed)
+    env.set_seed(seed)
+    collector = Collector(
+        TransformedEnv(env, hierarchy.transform), hierarchy.policy,
+        frames_per_batch=frames_per_batch, total_frames=frames_per_batch * batches,
+        auto_register_policy_transforms=False,
+    )
+    out = [batch.clone() for batch in collector]
+    collector.shutdown()
+    return out
+
+
+def rows(trajectories: TensorDictBase) -> list[TensorDictBase]:
+    """Each instance's transitions, in order."""
+    mask = trajectories.get("mask")
+    return [trajectories[i][mask[i]] for i in range(trajectories.shape[0])]
+
+
+# ----------------------------------------------------------------------------- 1. records
+def test_a_choice_records_its_log_prob_from_the_choice_on():
+    """A PPO level's sample log-prob is carried under "hier" from its choice to the end of its
+    transition (the lowest level's is in the env TensorDict), declared in the specs, and is
+    the log-prob of the recorded action under the policy that chose it; levels that record
+    nothing carry nothing more."""
+    env = small_maze(n=4, max_steps=20)
+    hierarchy, _ = ppo_stack(env)
+    transformed = TransformedEnv(env, hierarchy.transform)
+    check_env_specs(transformed)
+    carried = set(transformed.observation_spec["hier"].keys())
+    assert carried == {
+        "completed", "steps", "return", "count",
+        "options_action", "options_observation", "options_action_log_prob",
+    }
+    dqn_top, _ = option_level("options", 4, 3)
+    dqn_stack = Hierarchy([dqn_top, hierarchy.levels[1]], env)
+    assert "options_action_log_prob" not in TransformedEnv(env, dqn_stack.transform).observation_spec["hier"].keys()
+
+    (batch,) = collect(env, hierarchy, 4 * 30, 1)
+    transitions = hierarchy.transitions(batch)
+    options, moves = transitions["options"], transitions["moves"]
+    assert options.shape[0] >= 4 * 30 // 3 and (options["steps_to_next_obs"] > 1).any()
+    top, low = hierarchy.levels
+    with torch.no_grad():
+        dist = top.policy.get_dist(options.select("observation").clone())
+        assert torch.allclose(dist.log_prob(options["action"]), options["action_log_prob"], atol=1e-6)
+        dist = low.policy.get_dist(moves.select("observation", "parent_action").clone())
+        assert torch.allclose(dist.log_prob(moves["action"]), moves["action_log_prob"], atol=1e-6)
+    assert torch.equal(batch["action_log_prob"].reshape(-1), moves["action_log_prob"])
+
+
+# ----------------------------------------------------------------------------- 2. trajectories
+def hand_gae(row: TensorDictBase, value, gamma: float, lmbda: float) -> torch.Tensor:
+    """GAE over one instance's semi-MDP transitions, step by step as written in the papers:
+    delta = R + gamma**tau * (1 - terminated) * V(s') - V(s), A = delta + gamma**tau * lmbda *
+    (1 - done) * A' (the row's last transition ends the rollout)."""
+    with torch.no_grad():
+        v = value(row.clone())["state_value"].squeeze(-1)
+        v_next = value(row["next"].clone())["state_value"].squeeze(-1)
+    reward = row["next", "reward"].squeeze(-1)
+    tau = row["steps_to_next_obs"].squeeze(-1).double()
+    done = row["next", "done"].squeeze(-1).tolist()
+    terminated = row["next", "terminated"].squeeze(-1).tolist()
+    out, following = [0.0] * row.shape[0], 0.0
+    for t in reversed(range(row.shape[0])):
+        discount = gamma ** tau[t].item()
+        delta = reward[t].item() + discount * (not terminated[t]) * v_next[t].item() - v[t].item()
+        last = t == row.shape[0] - 1
+        following = delta + discount * lmbda * (not (done[t] or last)) * following
+        out[t] = following
+    return torch.tensor(out)
+
+
+def test_semi_mdp_gae_matches_a_hand_computation():
+    """The learner's GAE over the option level's trajectories (mixed tau, terminations and
+    truncations) equals GAE written out step by step: gamma**tau per transition, no bootstrap
+    after a termination, a bootstrap after a truncation."""
+    env = small_maze(n=6, max_steps=7)
+    hierarchy, losses = ppo_stack(env, timeout=3)
+    (batch,) = collect(env, hierarchy, 6 * 40, 1)
+    trajectories = hierarchy.trajectories(batch)["options"]
+    learner = OnPolicyLearner(losses["options"], level=hierarchy.levels[0], lmbda=0.7)
+    with_advantages = learner.advantages(trajectories)
+    valid = trajectories["mask"]
+    tau = trajectories["steps_to_next_obs"][valid]
+    assert set(tau.unique().tolist()) >= {1, 2, 3}
+    assert trajectories["next", "terminated"][valid].any()
+    truncated = trajectories["next", "truncated"][valid]
+    assert truncated.any()
+    critic = losses["options"].critic_network
+    for i, row in enumerate(rows(trajectories)):
+        expected = hand_gae(row, critic, gamma=0.9, lmbda=0.7)
+        got = with_advantages["advantage"][i][valid[i]].squeeze(-1)
+        torch.testing.assert_close(got.double(), expected.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_cut_inside_a_running_transition_changes_nothing():
+    """Two batches cut while option transitions run give the transitions of one uncut batch
+    (none dropped, none twice, the running one completed in the second batch with the log-prob
+    recorded in the first), and the same advantages for every transition whose rollout both
+    runs share (with lmbda = 0: for every transition)."""
+    env = small_maze(n=5, max_steps=12)
+    hierarchy, losses = ppo_stack(env, timeout=4)
+    (whole,) = collect(env, hierarchy, 5 * 30, 1)
+    first, second = collect(env, hierarchy, 5 * 15, 2)
+    uncut = hierarchy.trajectories(whole)["options"]
+    parts = [hierarchy.trajectories(b)["options"] for b in (first, second)]
+    # the cut falls inside a running option of some instance: its transition started before
+    # step 15 (in the first batch) and completes after it
+    assert not whole["next", "hier", "completed"][:, 14, 0].all()
+    for i, (row, a, b) in enumerate(zip(rows(uncut), rows(parts[0]), rows(parts[1]))):
+        assert a.shape[0] + b.shape[0] == row.shape[0]
+        joined = torch.cat([a, b])
+        for key in ("observation", "action", "action_log_prob", "steps_to_next_obs", ("next", "reward")):
+            assert torch.equal(joined[key], row[key]), (i, key)
+
+    learner = OnPolicyLearner(losses["options"], level=hierarchy.levels[0], lmbda=0.8)
+    learner.extend(parts[0])
+    learner.extend(parts[1])
+    assert learner.n_transitions == int(uncut["mask"].sum())
+    for lmbda in (0.8, 0.0):
+        learner.advantage_module.lmbda.fill_(lmbda)
+        whole_adv = learner.advantages(uncut)
+        part_adv = [learner.advantages(p) for p in parts]
+        for i in range(uncut.shape[0]):
+            n_first = int(parts[0]["mask"][i].sum())
+            uncut_row = whole_adv["advantage"][i][uncut["mask"][i]]
+            second_row = part_adv[1]["advantage"][i][parts[1]["mask"][i]]
+            torch.testing.assert_close(second_row, uncut_row[n_first:])
+            if lmbda == 0.0:
+                first_row = part_adv[0]["advantage"][i][parts[0]["mask"][i]]
+                torch.testing.assert_close(first_row, uncut_row[:n_first])
