@@ -149,7 +149,9 @@ class EpisodeBuffer:
 
 
 class LevelEpisodes:
-    """One :class:`EpisodeBuffer` per level of a hierarchy, fed with collected batches::
+    """One :class:`EpisodeBuffer` per level of a hierarchy, fed with collected batches.
+
+    For example::
 
         episodes = LevelEpisodes(hierarchy)
         for batch in collector:
