@@ -20,6 +20,7 @@ from torchrl.data import Bounded, Categorical, Composite, OneHot, TensorSpec, Un
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
+from torchrl_hier.collectors import reports_worker_errors
 from torchrl_hier.ham import _keys as K
 from torchrl_hier.ham.machines import ChoicePoint, HAMError
 from torchrl_hier.ham.runtime import MachineRuntime, _describe, _to_python
@@ -132,6 +133,7 @@ class HAMChoiceEnv(EnvBase):
             )
         return TensorDict(data, batch_size=[], device=self.device)
 
+    @reports_worker_errors
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         for _ in range(_MAX_EMPTY_EPISODES):
             self._td = self.base_env.reset()
@@ -145,6 +147,7 @@ class HAMChoiceEnv(EnvBase):
             f"point {self.point.name!r}; HAMChoiceEnv cannot produce a first observation."
         )
 
+    @reports_worker_errors
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         point = self.point
         choice = tensordict.get("action")

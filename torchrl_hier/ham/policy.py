@@ -10,6 +10,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.data import Composite, Unbounded
 
+from torchrl_hier.collectors import reports_worker_errors
 from torchrl_hier.ham import _keys as K
 from torchrl_hier.ham.machines import HAMError
 from torchrl_hier.ham.runtime import MachineRuntime
@@ -66,6 +67,7 @@ class HAMPolicy(TensorDictModuleBase):
                 )
         return spec
 
+    @reports_worker_errors
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         ham = self.ham
         restart = tensordict.get(K.RESTART, None)

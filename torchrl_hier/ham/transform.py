@@ -12,6 +12,7 @@ from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import Transform
 
 from torchrl_hier._carried import CarriedState
+from torchrl_hier.collectors import reports_worker_errors
 from torchrl_hier.ham import _keys as K
 from torchrl_hier.smdp import RETURN, STEPS, accumulate, accumulator_specs, masked_where
 
@@ -80,6 +81,7 @@ class HAMTransform(Transform):
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         return self.carried.reset(tensordict_reset)
 
+    @reports_worker_errors
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         ham = self.ham
         state = tensordict.get(K.STATE, None)
