@@ -17,11 +17,8 @@ from torchrl_hier.experiment.builders import (
 )
 from torchrl_hier.experiment.checkpoint import (
     CheckpointError,
-    ResumeWarning,
     checkpoint_file,
-    collection_state,
     load_checkpoint,
-    restore_collection,
     restore_policy,
     restore_training,
     resume_config,
@@ -42,11 +39,8 @@ __all__ = [
     "make_task_env",
     "resolve_device",
     "CheckpointError",
-    "ResumeWarning",
     "checkpoint_file",
-    "collection_state",
     "load_checkpoint",
-    "restore_collection",
     "restore_policy",
     "restore_training",
     "resume_config",

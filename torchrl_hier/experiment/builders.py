@@ -72,9 +72,9 @@ __all__ = [
 
 #: Level kinds a hierarchy config may use.
 KINDS = ("flat", "option", "option_conditioned", "subgoal", "goal_conditioned")
-#: Collector names (``collector.name``): TorchRL's ``Collector`` (ex-``SyncDataCollector``)
-#: and ``MultiSyncCollector`` (ex-``MultiSyncDataCollector``).
-COLLECTORS = ("sync", "multi_sync")
+#: Collector names (``collector.name``): TorchRL's ``Collector`` (ex-``SyncDataCollector``),
+#: ``MultiSyncCollector`` (ex-``MultiSyncDataCollector``) and ``RayCollector``.
+COLLECTORS = ("sync", "multi_sync", "ray")
 #: The entry where the env's episode return is summed (TorchRL's ``RewardSum``).
 EPISODE_RETURN = "episode_reward"
 SUCCESS = "is_success"
@@ -530,21 +530,6 @@ class TransitionPipeline:
                 out[name] = process(data)
         return {name: data for name, data in out.items() if data.shape[0] > 0}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The episodes held for hindsight levels (for an exact resume)."""
-        return {"episodes": None if self.episodes is None else self.episodes.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restores :meth:`state_dict`, the held episodes on the hierarchy's device."""
-        episodes = state["episodes"]
-        if (episodes is None) != (self.episodes is None):
-            raise KeyError(
-                f"the saved pipeline {'holds no' if episodes is None else 'holds'} episodes for "
-                f"hindsight levels; this run's hindsight levels are {self.episodic or 'none'}"
-            )
-        if self.episodes is not None:
-            self.episodes.load_state_dict(episodes, self.hierarchy.device)
-
 
 # ----------------------------------------------------------------------------- experiment
 @dataclass
@@ -707,11 +692,42 @@ def _transformed_env(
     return TransformedEnv(make_task_env(task, n_envs, device, seed), transform)
 
 
+def _worker_env_factories(
+    cfg: DictConfig, exp: Experiment, frames_per_batch: int, seed: int
+) -> list[Callable[[], TransformedEnv]]:
+    """One env factory per worker of a multi-process collector, each stepping
+    ``task.n_envs / num_workers`` instances with its own seed and a copy of the transform."""
+    ccfg = cfg.collector
+    workers = int(ccfg.num_workers)
+    if workers < 1:
+        raise ConfigError(f"collector.num_workers must be >= 1, got {workers}.")
+    n_envs = int(cfg.task.n_envs)
+    if n_envs % workers:
+        raise ConfigError(
+            f"task.n_envs={n_envs} must be a multiple of collector.num_workers={workers} "
+            "(each worker steps n_envs / num_workers instances)."
+        )
+    if frames_per_batch % workers:
+        raise ConfigError(
+            f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
+            f"collector.num_workers={workers}."
+        )
+    task = _container(cfg.task)
+    return [
+        functools.partial(
+            _transformed_env, task, n_envs // workers, str(exp.device), seed + 10_007 * i,
+            exp.env_transform(),
+        )
+        for i in range(workers)
+    ]
+
+
 def make_collector(
     cfg: DictConfig, exp: Experiment, total_frames: int, *, env_seed: int | None = None
 ) -> Collector | MultiSyncCollector:
-    """``Collector`` (ex-``SyncDataCollector``) or ``MultiSyncCollector``
-    (ex-``MultiSyncDataCollector``) running the hierarchy policy in the transformed task."""
+    """``Collector`` (ex-``SyncDataCollector``), ``MultiSyncCollector``
+    (ex-``MultiSyncDataCollector``) or ``RayCollector`` running the hierarchy policy in the
+    transformed task."""
     ccfg = cfg.collector
     name = ccfg.get("name")
     frames_per_batch = int(ccfg.frames_per_batch)
@@ -730,29 +746,15 @@ def make_collector(
             device=exp.device,
             auto_register_policy_transforms=False,
         )
-    if name == "multi_sync":
-        workers = int(ccfg.num_workers)
-        if workers < 1:
-            raise ConfigError(f"collector.num_workers must be >= 1, got {workers}.")
-        n_envs = int(cfg.task.n_envs)
-        if n_envs % workers:
-            raise ConfigError(
-                f"task.n_envs={n_envs} must be a multiple of collector.num_workers={workers} "
-                "(each worker steps n_envs / num_workers instances)."
+    if name in ("multi_sync", "ray"):
+        factories = _worker_env_factories(cfg, exp, frames_per_batch, seed)
+        if name == "ray":
+            from torchrl_hier.experiment.ray_collector import make_ray_collector
+
+            return make_ray_collector(
+                ccfg, factories, exp.policy, frames_per_batch=frames_per_batch,
+                total_frames=total_frames, device=exp.device,
             )
-        if frames_per_batch % workers:
-            raise ConfigError(
-                f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
-                f"collector.num_workers={workers}."
-            )
-        task = _container(cfg.task)
-        factories = [
-            functools.partial(
-                _transformed_env, task, n_envs // workers, str(exp.device), seed + 10_007 * i,
-                exp.env_transform(),
-            )
-            for i in range(workers)
-        ]
         return MultiSyncCollector(
             factories,
             exp.policy,
