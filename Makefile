@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench gpu-check clean
+.PHONY: install run test docs docs-tutorials bench gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev,ray]"
+	$(BIN)/pip install -e ".[dev,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -19,6 +19,15 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The docs site (docs/_build/html/index.html), warnings as errors as in the tests.
+docs: install
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "built docs/_build/html/index.html"
+
+# Runs the tutorials again into docs/tutorials/ (the outputs the docs show; ~1-2 min).
+docs-tutorials: install
+	$(BIN)/python docs/_tutorials.py
+
 bench: install
 	$(BIN)/python benchmarks/throughput.py
 
@@ -26,4 +35,4 @@ gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) outputs multirun
+	rm -rf $(VENV) outputs multirun dist docs/_build docs/api

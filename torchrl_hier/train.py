@@ -9,7 +9,9 @@ the Hydra way (``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000
 ``-m seed=0,1,2`` sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
 ``checkpoint.every_frames`` frames, ``learning_curve.png`` and ``summary.json``/``summary.md``;
 ``resume=<run dir>`` continues a stopped run from its last checkpoint, into a directory of its
-own (``<run>/resumed/<date_time>``, or ``run_dir=``), leaving the resumed run as it was.
+own (``<run>/resumed/<date_time>``, or ``run_dir=``), leaving the resumed run as it was; on a
+built-in task with ``collector=sync`` and ``checkpoint.buffers=true`` it continues exactly as the
+uninterrupted run would have (otherwise a :class:`ResumeWarning` says what differs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
+from torchrl.collectors import BaseCollector
 from torchrl.record.loggers import Logger
 from tqdm.auto import tqdm
 
@@ -42,11 +47,14 @@ from torchrl_hier.experiment.builders import (
 )
 from torchrl_hier.experiment.checkpoint import (
     CheckpointError,
+    ResumeWarning,
     checkpoint_file,
+    collection_state,
     load_checkpoint,
-    run_directory,
+    restore_collection,
     restore_training,
     resume_config,
+    run_directory,
     save_checkpoint,
 )
 from torchrl_hier.experiment.cli import (
@@ -175,6 +183,17 @@ def _copy_logs(source: Path, target: Path, frames: int) -> None:
         out.write_text("".join(row + "\n" for row in kept))
 
 
+def _warn_inexact(file: Path, gaps: Sequence[str]) -> None:
+    """Says (terminal and the run's train.log) why a resumed run is not an exact continuation."""
+    message = (
+        f"Resuming from {file}: the run will not continue exactly as the uninterrupted run "
+        f"would, because {'; '.join(gaps)}. Parameters, optimizers, exploration schedules, "
+        "counters and RNG states are restored (README: 'Resuming a run')."
+    )
+    log.warning(message)
+    warnings.warn(message, ResumeWarning, stacklevel=3)
+
+
 def _exploration(policy: torch.nn.Module) -> float | None:
     modules = exploration_modules(policy)
     if not modules:
@@ -184,11 +203,18 @@ def _exploration(policy: torch.nn.Module) -> float | None:
 
 
 # ----------------------------------------------------------------------------- training
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    *,
+    on_batch: Callable[[int, TensorDictBase], None] | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns its summary.
 
     ``overrides`` are the command-line overrides of this invocation (Hydra passes them); on
-    ``resume=<run dir>`` they are applied on top of the checkpoint's config.
+    ``resume=<run dir>`` they are applied on top of the checkpoint's config. ``on_batch``, if
+    given, is called with the frame count and each collected batch after the learners' update
+    (to record or inspect what was collected).
     """
     resolve_device(cfg.device)
     check_logger(cfg)
@@ -229,10 +255,10 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     raw_counts = {name: int(raw_counts.get(name, 0)) for name in names}
     t_start, cpu_start = time.perf_counter(), time.process_time()
 
-    def checkpoint() -> None:
+    def checkpoint(collector: BaseCollector) -> None:
         save_checkpoint(
             ckpt_dir, exp, frames, history, buffers=bool(cfg.checkpoint.buffers),
-            keep=int(cfg.checkpoint.keep),
+            keep=int(cfg.checkpoint.keep), collection=collection_state(exp, collector),
             extra={"elapsed": elapsed_before + time.perf_counter() - t_start,
                    "raw_transitions": raw_counts},
         )
@@ -254,51 +280,57 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         baseline = evaluate_now(deterministic=False, log=False)
         history.append({"frames": 0, "episodes": 0, "eval": evaluate_now(), "baseline": baseline})
 
-    remaining = total - frames
-    if remaining > 0:
-        per_batch = int(cfg.collector.frames_per_batch)
-        budget = math.ceil(remaining / per_batch) * per_batch
-        collector = make_collector(
-            cfg, exp, budget, env_seed=None if ckpt is None else int(cfg.seed) + frames
-        )
+    # _check_budget made sure that there are frames left to collect
+    per_batch = int(cfg.collector.frames_per_batch)
+    budget = math.ceil((total - frames) / per_batch) * per_batch
+    collector = make_collector(
+        cfg, exp, budget, env_seed=None if ckpt is None else int(cfg.seed) + frames
+    )
+    bar = tqdm(
+        total=total, initial=frames, unit="frame", desc=f"train {cfg.hierarchy.name}",
+        disable=not cfg.progress, dynamic_ncols=True,
+    )
+    try:
+        if ckpt is not None:
+            gaps = restore_collection(exp, collector, ckpt, ckpt_file)
+            if gaps:
+                _warn_inexact(ckpt_file, gaps)
         multi = cfg.collector.name != "sync"
-        bar = tqdm(
-            total=total, initial=frames, unit="frame", desc=f"train {cfg.hierarchy.name}",
-            disable=not cfg.progress, dynamic_ncols=True,
-        )
         t_last = time.perf_counter()
-        try:
-            for batch in collector:
-                n = batch.numel()
-                frames += n
-                data = exp.pipeline(batch)
-                counts = exp.counts(batch, data)
-                for name in names:
-                    raw_counts[name] += counts[name]
-                exp.anneal(counts)
-                exp.learners.extend(data)
-                losses = exp.learners.update()
-                if multi:
-                    collector.update_policy_weights_()
-                stats = episode_stats(batch, exp.has_success)
-                now = time.perf_counter()
-                fps = n / max(now - t_last, 1e-9)
-                t_last = now
-                row = _log_batch(logger, exp, frames, fps, stats, losses, raw_counts)
-                if every_eval > 0 and frames // every_eval != (frames - n) // every_eval:
-                    row["eval"] = evaluate_now()
-                history.append(row)
-                bar.update(n)
-                bar.set_postfix(_postfix(history, exp.has_success, fps), refresh=False)
-                if every_ckpt > 0 and frames // every_ckpt != (frames - n) // every_ckpt:
-                    checkpoint()
-        finally:
-            bar.close()
-            collector.shutdown()
+        for batch in collector:
+            n = batch.numel()
+            frames += n
+            data = exp.pipeline(batch)
+            counts = exp.counts(batch, data)
+            for name in names:
+                raw_counts[name] += counts[name]
+            exp.anneal(counts)
+            exp.learners.extend(data)
+            losses = exp.learners.update()
+            if multi:
+                collector.update_policy_weights_()
+            if on_batch is not None:
+                on_batch(frames, batch)
+            stats = episode_stats(batch, exp.has_success)
+            now = time.perf_counter()
+            fps = n / max(now - t_last, 1e-9)
+            t_last = now
+            row = _log_batch(logger, exp, frames, fps, stats, losses, raw_counts)
+            if every_eval > 0 and frames // every_eval != (frames - n) // every_eval:
+                row["eval"] = evaluate_now()
+            history.append(row)
+            bar.update(n)
+            bar.set_postfix(_postfix(history, exp.has_success, fps), refresh=False)
+            # the last batch's checkpoint is the run's final one, written while the collector
+            # still holds the state a resumed run continues from
+            periodic = every_ckpt > 0 and frames // every_ckpt != (frames - n) // every_ckpt
+            if periodic or frames >= total:
+                checkpoint(collector)
+    finally:
+        bar.close()
+        collector.shutdown()
     wall = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
-    if frames > start_frames or ckpt is None:
-        checkpoint()
     final = evaluate_now() if int(cfg.eval.episodes) > 0 else None
     if final is not None:
         history.append({"frames": frames, "episodes": 0, "eval": final, "final": True})

@@ -17,8 +17,11 @@ from torchrl_hier.experiment.builders import (
 )
 from torchrl_hier.experiment.checkpoint import (
     CheckpointError,
+    ResumeWarning,
     checkpoint_file,
+    collection_state,
     load_checkpoint,
+    restore_collection,
     restore_policy,
     restore_training,
     resume_config,
@@ -39,8 +42,11 @@ __all__ = [
     "make_task_env",
     "resolve_device",
     "CheckpointError",
+    "ResumeWarning",
     "checkpoint_file",
+    "collection_state",
     "load_checkpoint",
+    "restore_collection",
     "restore_policy",
     "restore_training",
     "resume_config",

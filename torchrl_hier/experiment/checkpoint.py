@@ -3,45 +3,66 @@
 A checkpoint is one ``torch.save`` file holding the run's config, the collected frame count,
 the hierarchy policy's parameters (exploration schedules included), every level learner's state
 (loss networks and targets, optimizer, counters; replay buffers when
-``checkpoint.buffers=true``), the RNG states and the metric history. A run directory keeps
-``checkpoints/last.pt`` plus the most recent periodic ones.
+``checkpoint.buffers=true``), the RNG states, the metric history and the collection state: the
+env's state (built-in tasks keep positions, goals, step counts and their counter-based draws
+in module buffers), the collector's carried TensorDict (mid-episode observations, the
+hierarchy's state under ``"hier"``, episode returns, trajectory ids) and the episodes held for
+hindsight levels. With all of it a resumed run continues exactly as an uninterrupted one;
+:func:`restore_collection` says what a checkpoint could not save (gymnasium tasks, HAMs,
+multi-process collectors, buffers left out). A run directory keeps ``checkpoints/last.pt``
+plus the most recent periodic ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torchrl.collectors import BaseCollector, Collector
 
+from torchrl_hier.envs import GridMaze, PointMaze
 from torchrl_hier.experiment.builders import Experiment
 
 __all__ = [
     "FORMAT",
+    "FORMAT_1",
     "FIELDS",
     "CheckpointError",
+    "ResumeWarning",
     "checkpoint_file",
     "run_directory",
     "load_checkpoint",
     "save_checkpoint",
     "restore_policy",
     "restore_training",
+    "collection_state",
+    "restore_collection",
     "resume_config",
     "rng_state",
 ]
 
-FORMAT = "torchrl_hier.train/1"
-FIELDS = ("format", "config", "frames", "policy", "learners", "rng", "history")
+FORMAT = "torchrl_hier.train/2"
+#: Format 1 had no ``collection`` field: its runs resume with new episodes (see
+#: :func:`restore_collection`).
+FORMAT_1 = "torchrl_hier.train/1"
+FIELDS = ("format", "config", "frames", "policy", "learners", "rng", "history", "collection")
 LAST = "last.pt"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing or does not fit; the message names the file and field."""
+
+
+class ResumeWarning(UserWarning):
+    """A resumed run that will not continue exactly as the uninterrupted run would; the
+    message says what the checkpoint could not restore."""
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -83,16 +104,18 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
             f"Checkpoint file {file} holds a {type(ckpt).__name__}, not a torchrl_hier "
             "training checkpoint."
         )
-    missing = [name for name in FIELDS if name not in ckpt]
+    version = ckpt.get("format")
+    if version not in (FORMAT, FORMAT_1, None):
+        raise CheckpointError(
+            f"Checkpoint file {file}: field 'format' is {version!r}, this version reads "
+            f"{FORMAT!r} and {FORMAT_1!r}."
+        )
+    fields = [name for name in FIELDS if version != FORMAT_1 or name != "collection"]
+    missing = [name for name in fields if name not in ckpt]
     if missing:
         raise CheckpointError(
             f"Checkpoint file {file} lacks field(s) {missing} (it has {sorted(ckpt)}); it was "
             "not written by torchrl_hier.train."
-        )
-    if ckpt["format"] != FORMAT:
-        raise CheckpointError(
-            f"Checkpoint file {file}: field 'format' is {ckpt['format']!r}, this version reads "
-            f"{FORMAT!r}."
         )
     return dict(ckpt), file
 
@@ -127,11 +150,13 @@ def save_checkpoint(
     *,
     buffers: bool = False,
     keep: int = 2,
+    collection: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``checkpoint_<frames>.pt`` and ``last.pt`` in ``directory`` (atomically: a
     stopped run never leaves a half-written ``last.pt``); keeps the ``keep`` newest periodic
-    files."""
+    files. ``collection`` is :func:`collection_state` of the run's collector (``None``: not
+    saved, so a resume starts new episodes)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -142,6 +167,7 @@ def save_checkpoint(
         "learners": exp.learners.state_dict(include_buffers=buffers),
         "rng": rng_state(),
         "history": list(history),
+        "collection": None if collection is None else dict(collection),
         **(extra or {}),
     }
     tmp = directory / f".{LAST}.tmp"
@@ -156,29 +182,127 @@ def save_checkpoint(
     return directory / LAST
 
 
+@contextlib.contextmanager
+def _loading(file: Path, field: str, target: str) -> Iterator[None]:
+    """Turns an error while loading checkpoint ``field`` into ``target`` into a
+    :class:`CheckpointError` naming the file and the field."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"Checkpoint file {file}: field {field!r} does not fit {target}: {err}"
+        ) from err
+
+
 def restore_policy(exp: Experiment, ckpt: Mapping[str, Any], file: Path) -> None:
     """Loads the hierarchy policy's parameters; names the field when they do not fit."""
-    try:
+    with _loading(file, "policy", f"the hierarchy built from the config (levels {exp.names})"):
         exp.policy.load_state_dict(ckpt["policy"])
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(
-            f"Checkpoint file {file}: field 'policy' does not fit the hierarchy built from the "
-            f"config (levels {exp.names}): {err}"
-        ) from err
     exp.policy.to(exp.device)
 
 
 def restore_training(exp: Experiment, ckpt: Mapping[str, Any], file: Path) -> None:
     """Loads the policy, every level learner's state and the RNG states."""
     restore_policy(exp, ckpt, file)
-    try:
+    target = f"the learners built from the config (levels {sorted(exp.learners)})"
+    with _loading(file, "learners", target):
         exp.learners.load_state_dict(ckpt["learners"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"Checkpoint file {file}: field 'learners' does not fit the learners built from "
-            f"the config (levels {sorted(exp.learners)}): {err}"
-        ) from err
     _set_rng_state(ckpt["rng"], file)
+
+
+def _collection_gaps(exp: Experiment, collector: BaseCollector) -> list[str]:
+    """Why this run's env and collector state cannot be saved (empty: it can)."""
+    cfg = exp.cfg
+    gaps = []
+    if exp.hierarchy is None:
+        gaps.append(
+            "a HAM keeps each env instance's machine stack (Python coroutines) in its policy, "
+            "which cannot be saved"
+        )
+    if not isinstance(exp.env, (GridMaze, PointMaze)):
+        gaps.append(
+            f"task {cfg.task.name!r} ({type(exp.env).__name__}) is not a built-in task "
+            "(GridMaze/PointMaze keep their whole state in module buffers); TorchRL does not "
+            "expose the state and RNG of other envs, gymnasium's included"
+        )
+    if not (
+        isinstance(collector, Collector)
+        and hasattr(collector, "_carrier")
+        and hasattr(collector, "_traj_pool")
+    ):
+        gaps.append(
+            f"collector.name={cfg.collector.get('name')!r} ({type(collector).__name__}) steps "
+            "its envs where their state cannot be read (worker processes); use collector=sync "
+            "for exact resumes"
+        )
+    return gaps
+
+
+def collection_state(exp: Experiment, collector: BaseCollector) -> dict[str, Any]:
+    """What an exact resume needs besides parameters, learners and RNG, copied: ``env`` (the
+    task env's module state), ``carrier`` (the TensorDict the collector carries into its next
+    step: observations mid-episode, the hierarchy's state under ``"hier"``, episode returns,
+    trajectory ids), ``traj_pool`` (its trajectory-id counter) and ``pipeline`` (episodes held
+    for hindsight levels). ``gaps`` lists why they cannot be saved; then only ``gaps`` is
+    there. Call it between two batches, before ``collector.shutdown()``."""
+    gaps = _collection_gaps(exp, collector)
+    if gaps:
+        return {"gaps": gaps}
+    return {
+        "gaps": [],
+        "env": {key: value.detach().cpu().clone() for key, value in exp.env.state_dict().items()},
+        "carrier": collector._carrier.detach().cpu().clone(),
+        "traj_pool": collector._traj_pool.state_dict(),
+        "pipeline": exp.pipeline.state_dict(),
+    }
+
+
+def restore_collection(
+    exp: Experiment, collector: BaseCollector, ckpt: Mapping[str, Any], file: Path
+) -> list[str]:
+    """Puts the collector and its env where the checkpoint's run was (see
+    :func:`collection_state`), then the RNG states (which building the collector drew from).
+    Returns why the resumed run will not continue exactly as an uninterrupted one: empty
+    when it will. Where the env state is not restored, the envs keep the new episodes the
+    collector started and the episodes held for hindsight are dropped."""
+    gaps = []
+    if not all("buffer" in state for state in ckpt["learners"].values()):
+        gaps.append(
+            "the replay buffers were not saved (checkpoint.buffers=false), so the learners "
+            "start again from empty buffers; train with checkpoint.buffers=true to save them"
+        )
+    saved = ckpt.get("collection")
+    if saved is None:
+        env_gaps = [
+            f"the checkpoint is in format {ckpt['format']!r} (an older version), which did not "
+            "save the env and collector state"
+        ]
+    else:
+        env_gaps = list(dict.fromkeys([*saved["gaps"], *_collection_gaps(exp, collector)]))
+    if not env_gaps and saved["carrier"].batch_size != collector._carrier.batch_size:
+        env_gaps.append(
+            f"the checkpoint has {tuple(saved['carrier'].batch_size)[0]} env instances and "
+            f"this run task.n_envs={exp.cfg.task.n_envs}"
+        )
+    if env_gaps:
+        gaps += env_gaps
+        gaps.append("so the envs start new episodes, reseeded with seed + frames")
+    else:
+        target = f"this run's env and collector ({type(exp.env).__name__}, levels {exp.names})"
+        with _loading(file, "collection", target):
+            exp.env.load_state_dict(saved["env"])
+            carrier, current = saved["carrier"], collector._carrier
+            missing = set(current.keys(True, True)) - set(carrier.keys(True, True))
+            if missing:
+                raise KeyError(
+                    f"the saved carried TensorDict lacks {sorted(map(str, missing))}, which this "
+                    "collector carries"
+                )
+            current.update(carrier.to(exp.env.device))
+            collector._traj_pool.load_state_dict(saved["traj_pool"])
+            exp.pipeline.load_state_dict(saved["pipeline"])
+    _set_rng_state(ckpt["rng"], file)
+    return gaps
 
 
 def _structural(key: str) -> bool:

@@ -7,7 +7,7 @@ transitions: a high level completes far fewer transitions than the lowest one, s
 env frames would make it update far too often on far too little data.
 
 A gradient step is the stock loss's forward and backward pass, the optimizer step and the
-target update; with ``compile=True`` the first three run as one ``torch.compile``d function
+target update; with ``compile=True`` the first three run as one ``torch.compile``-d function
 (TorchRL's sota-implementations do the same), which on small networks removes most of the
 Python overhead of TensorDict-based losses. Sampling and soft target updates take fast paths
 with the stock classes' results (:mod:`torchrl_hier.learning.fast`).
@@ -101,7 +101,7 @@ class LevelLearner:
             uniform buffers are read directly; others (custom sampler, transform, ...) through
             their ``sample``.
         compile: ``True`` runs loss forward, backward, gradient clipping and optimizer step as
-            one ``torch.compile``d function (``dynamic=False``: batches have a fixed size); a
+            one ``torch.compile``-d function (``dynamic=False``: batches have a fixed size); a
             mapping gives ``torch.compile``'s keyword arguments instead (``mode``,
             ``backend``, ...). Same update as eager up to float rounding, after a warm-up of
             seconds (tens of seconds on CPU the first time, less once inductor's on-disk

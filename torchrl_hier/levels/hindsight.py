@@ -27,7 +27,8 @@ ordinary replay buffer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -147,6 +148,23 @@ class EpisodeBuffer:
         self._pending = None
         return data.exclude(_STREAM, _ORDER)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The unfinished episodes and the order/episode counters: what a resumed run needs
+        to release the same episodes, with the same ids, as an uninterrupted one."""
+        pending = None if self._pending is None else self._pending.clone()
+        return {
+            "pending": pending, "next_order": self._next_order, "next_episode": self._next_episode
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
+        """Restores :meth:`state_dict`; the unfinished episodes go to ``device`` if given."""
+        pending = state["pending"]
+        if pending is not None and device is not None:
+            pending = pending.to(device)
+        self._pending = pending
+        self._next_order = int(state["next_order"])
+        self._next_episode = int(state["next_episode"])
+
 
 class LevelEpisodes:
     """One :class:`EpisodeBuffer` per level of a hierarchy, fed with collected batches.
@@ -177,6 +195,22 @@ class LevelEpisodes:
             name: buffer.add(transitions[name], streams[completed[..., names.index(name)]])
             for name, buffer in self.buffers.items()
         }
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Each level's :meth:`EpisodeBuffer.state_dict`."""
+        return {name: buffer.state_dict() for name, buffer in self.buffers.items()}
+
+    def load_state_dict(
+        self, state: Mapping[str, Mapping[str, Any]], device: torch.device | None = None
+    ) -> None:
+        """Restores :meth:`state_dict`; raises ``KeyError`` if it is for other levels."""
+        if set(state) != set(self.buffers):
+            raise KeyError(
+                f"The saved episode buffers are for levels {sorted(state)}, these are for "
+                f"{sorted(self.buffers)}."
+            )
+        for name, buffer in self.buffers.items():
+            buffer.load_state_dict(state[name], device)
 
 
 def episode_bounds(episode: Tensor) -> tuple[Tensor, Tensor]:
