@@ -530,6 +530,21 @@ class TransitionPipeline:
                 out[name] = process(data)
         return {name: data for name, data in out.items() if data.shape[0] > 0}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The episodes held for hindsight levels (for an exact resume)."""
+        return {"episodes": None if self.episodes is None else self.episodes.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores :meth:`state_dict`, the held episodes on the hierarchy's device."""
+        episodes = state["episodes"]
+        if (episodes is None) != (self.episodes is None):
+            raise KeyError(
+                f"the saved pipeline {'holds no' if episodes is None else 'holds'} episodes for "
+                f"hindsight levels; this run's hindsight levels are {self.episodic or 'none'}"
+            )
+        if self.episodes is not None:
+            self.episodes.load_state_dict(episodes, self.hierarchy.device)
+
 
 # ----------------------------------------------------------------------------- experiment
 @dataclass
