@@ -4,7 +4,8 @@ Config groups (``torchrl_hier/conf``): ``task`` (built-in mazes, ``CartPole-v1``
 with ``task.name=<any gymnasium id>``, ``Taxi-v4``), ``hierarchy`` (flat, options, subgoals,
 three_level, three_level_options, ham), ``collector`` (``sync``: TorchRL's ``Collector``,
 ex-``SyncDataCollector``; ``multi_sync``: ``MultiSyncCollector``, ex-``MultiSyncDataCollector``,
-with ``collector.num_workers``) and ``logger`` (csv, tensorboard). Every value is overridable
+with ``collector.num_workers``; ``ray``: TorchRL's ``RayCollector``, ``collector.address`` to
+attach to a running Ray cluster) and ``logger`` (csv, tensorboard). Every value is overridable
 the Hydra way (``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000``), and
 ``-m seed=0,1,2`` sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
 ``checkpoint.every_frames`` frames, ``learning_curve.png`` and ``summary.json``/``summary.md``;
