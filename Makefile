@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev,ray,docs]"
+	$(BIN)/pip install -e ".[dev,ray,docs,wandb]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -5,9 +5,9 @@ with ``task.name=<any gymnasium id>``, ``Taxi-v4``), ``hierarchy`` (flat, option
 three_level, three_level_options, ham), ``collector`` (``sync``: TorchRL's ``Collector``,
 ex-``SyncDataCollector``; ``multi_sync``: ``MultiSyncCollector``, ex-``MultiSyncDataCollector``,
 with ``collector.num_workers``; ``ray``: TorchRL's ``RayCollector``, ``collector.address`` to
-attach to a running Ray cluster) and ``logger`` (csv, tensorboard). Every value is overridable
-the Hydra way (``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000``), and
-``-m seed=0,1,2`` sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
+attach to a running Ray cluster) and ``logger`` (csv, tensorboard, wandb). Every value is
+overridable the Hydra way (``hierarchy.levels.option.learner.lr=3e-4``, ``total_frames=50000``),
+and ``-m seed=0,1,2`` sweeps seeds. A run directory gets TorchRL logger scalars, checkpoints every
 ``checkpoint.every_frames`` frames, ``learning_curve.png`` and ``summary.json``/``summary.md``;
 ``resume=<run dir>`` continues a stopped run from its last checkpoint, into a directory of its
 own (``<run>/resumed/<date_time>``, or ``run_dir=``), leaving the resumed run as it was; on a
@@ -71,12 +71,20 @@ log = logging.getLogger(__name__)
 
 __all__ = ["train", "main", "cli", "make_logger", "unknown_key_messages", "GROUPS"]
 
-LOGGERS = ("csv", "tensorboard")
+LOGGERS = ("csv", "tensorboard", "wandb")
+#: Loggers whose package is optional: the package and how to install it.
+_OPTIONAL_LOGGERS = {
+    "tensorboard": ("tensorboard", "pip install tensorboard"),
+    "wandb": ("wandb", 'pip install "torchrl_hier[wandb]"'),
+}
+#: ``logger.mode`` of ``logger=wandb`` (``wandb.init(mode=...)``).
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 # ----------------------------------------------------------------------------- setup
 def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
-    """TorchRL's ``CSVLogger`` (default) or ``TensorboardLogger`` (needs tensorboard)."""
+    """TorchRL's ``CSVLogger`` (default), ``TensorboardLogger`` or ``WandbLogger`` (offline by
+    default: the run goes to ``<run dir>/wandb/offline-run-*``, for ``wandb sync`` later)."""
     name = cfg.logger.name
     if name == "csv":
         from torchrl.record.loggers import CSVLogger
@@ -87,19 +95,35 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
         from torchrl.record.loggers import TensorboardLogger
 
         return TensorboardLogger(exp_name=cfg.logger.exp_name, log_dir=str(run_dir))
+    if name == "wandb":
+        check_logger(cfg)
+        from torchrl.record.loggers import WandbLogger
+
+        return WandbLogger(
+            exp_name=cfg.logger.exp_name, save_dir=str(run_dir), project=cfg.logger.project,
+            mode=cfg.logger.mode, config=OmegaConf.to_container(cfg, resolve=True),
+        )
     raise ConfigError(f"logger.name={name!r} is not a logger; choose one of {list(LOGGERS)}.")
 
 
 def check_logger(cfg: DictConfig) -> None:
-    """Fails before any work when the chosen logger's package is missing."""
-    if cfg.logger.name == "tensorboard":
+    """Fails before any work when the chosen logger's package is missing or its mode unknown."""
+    name = cfg.logger.name
+    if name in _OPTIONAL_LOGGERS:
         import importlib.util
 
-        if importlib.util.find_spec("tensorboard") is None:
+        package, install = _OPTIONAL_LOGGERS[name]
+        if importlib.util.find_spec(package) is None:
             raise ConfigError(
-                "logger=tensorboard needs the tensorboard package, which is not installed in "
-                "this environment (pip install tensorboard). Use logger=csv (the default)."
+                f"logger={name} needs the {package} package, which is not installed in "
+                f"this environment ({install}). Use logger=csv (the default)."
             )
+    if name == "wandb" and cfg.logger.mode not in WANDB_MODES:
+        raise ConfigError(
+            f"logger.mode={cfg.logger.mode!r} is not a wandb mode; choose one of "
+            f"{list(WANDB_MODES)} (offline: the run is written under <run dir>/wandb/, with no "
+            "network or account)."
+        )
 
 
 def hydra_dir(run_dir: str | None, resume: str | None, default: str) -> str:
