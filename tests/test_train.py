@@ -357,7 +357,7 @@ def test_bad_devices_fail_before_any_work(tmp_path):
 
 def test_bad_config_values_name_the_key(tmp_path):
     cfg = compose_cfg(["hierarchy.levels.primitive.algorithm=td3", f"run_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"hierarchy\.levels\.primitive\.algorithm='td3'.*\['dqn'\]"):
+    with pytest.raises(ConfigError, match=r"hierarchy\.levels\.primitive\.algorithm='td3'.*\['dqn', 'ppo', 'a2c'\]"):
         train(cfg)
     cfg = compose_cfg(["task=CartPole-v1", "hierarchy=subgoals", f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"hierarchy\.levels\.subgoal needs subgoals.*no 'goal' block"):

@@ -33,9 +33,10 @@ from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
 from torchrl.objectives import LossModule
 
+from torchrl_hier.control import Timeout
 from torchrl_hier.envs import make_env
 from torchrl_hier.hierarchy import Hierarchy, usable_device
-from torchrl_hier.learning import HierarchyLearner, LevelLearner
+from torchrl_hier.learning import HierarchyLearner, LevelLearner, OnPolicyLearner
 from torchrl_hier.level import Level
 from torchrl_hier.levels import (
     GoalReward,
@@ -53,6 +54,8 @@ from torchrl_hier.levels import (
     subgoal_level,
     subgoal_transitions,
 )
+from torchrl_hier.levels import ON_POLICY_ALGORITHMS, on_policy_level
+from torchrl_hier.transitions import level_trajectories, level_transitions
 
 __all__ = [
     "KINDS",
@@ -201,6 +204,7 @@ class LevelParts:
     config: Mapping[str, Any]
     process: Callable[[TensorDictBase], TensorDictBase] | None = None
     episodic: bool = False
+    on_policy: bool = False  # learns from its trajectories (algorithm ppo / a2c)
 
 
 def _hidden(lcfg: Mapping[str, Any]) -> tuple[int, ...]:
@@ -234,9 +238,9 @@ def _check_algorithm(
 
 def _algorithms(spec: TensorSpec, option_level: bool = False) -> tuple[str, ...]:
     if isinstance(spec, (Categorical, OneHot)):
-        return ("dqn", "sac") if option_level else ("dqn",)
+        return (("dqn", "sac") if option_level else ("dqn",)) + ON_POLICY_ALGORITHMS
     if isinstance(spec, Bounded):
-        return ("td3", "sac")
+        return ("td3", "sac") + ON_POLICY_ALGORITHMS
     raise ConfigError(
         f"The task's action spec {type(spec).__name__} is neither discrete (Categorical/OneHot) "
         "nor Bounded; the ready-made levels cannot act in it."
@@ -266,8 +270,32 @@ def _env_goal_hindsight(part: LevelParts, task: Mapping[str, Any]) -> LevelParts
     return part
 
 
-def _flat_level(name, lcfg, obs_dim, env_spec, device) -> LevelParts:
+def _on_policy(
+    name: str, lcfg: Mapping[str, Any], task: Mapping[str, Any], obs_dim: int, spec: TensorSpec,
+    algorithm: str, device, **kwargs: Any,
+) -> LevelParts:
+    """An on-policy level (:func:`on_policy_level`, ``algorithm`` ppo or a2c), learning from its
+    own trajectories."""
+    if int(lcfg.get("hindsight_k", 0) or 0) > 0 and task.get("goal") is not None:
+        raise ConfigError(
+            f"hierarchy.levels.{name}.algorithm={algorithm!r} learns on-policy from its own "
+            "trajectories, but hindsight_k > 0 asks for relabelled (off-policy) copies of its "
+            f"transitions: set hierarchy.levels.{name}.hindsight_k=0."
+        )
+    level, loss = on_policy_level(
+        name, obs_dim, spec, algorithm=algorithm, hidden=_hidden(lcfg),
+        gamma=float(lcfg.get("gamma", 0.99)),
+        clip_epsilon=float(lcfg.get("clip_epsilon", 0.2)),
+        entropy_coeff=float(lcfg.get("entropy_coeff", 0.01)),
+        critic_coeff=float(lcfg.get("critic_coeff", 0.5)), device=device, **kwargs,
+    )
+    return LevelParts(level, loss, lcfg, on_policy=True)
+
+
+def _flat_level(name, lcfg, task, obs_dim, env_spec, device) -> LevelParts:
     algorithm = _check_algorithm(name, lcfg.get("algorithm"), env_spec, _algorithms(env_spec))
+    if algorithm in ON_POLICY_ALGORITHMS:
+        return _on_policy(name, lcfg, task, obs_dim, env_spec, algorithm, device)
     ex = _explore(lcfg)
     gamma = float(lcfg.get("gamma", 0.99))
     if algorithm == "dqn":
@@ -315,7 +343,7 @@ def build_levels(
         if kind == "flat":
             if n != 1:
                 raise ConfigError(f"{where}.kind='flat' is for a one-level hierarchy; this one has {n}.")
-            parts.append(_env_goal_hindsight(_flat_level(name, lcfg, obs_dim, env_spec, device), task))
+            parts.append(_env_goal_hindsight(_flat_level(name, lcfg, task, obs_dim, env_spec, device), task))
         elif kind == "option":
             if lowest:
                 raise ConfigError(f"{where}.kind='option' emits options, so it cannot be the lowest level.")
@@ -327,6 +355,9 @@ def build_levels(
             n_options = int(lcfg.get("n_options", 4))
             spec = option_spec(n_options)
             algorithm = _check_algorithm(name, algorithm, spec, _algorithms(spec, option_level=True))
+            if algorithm in ON_POLICY_ALGORITHMS:
+                parts.append(_on_policy(name, lcfg, task, obs_dim, spec, algorithm, device, lowest=False))
+                continue
             level, loss = option_level(
                 name, obs_dim, n_options, algorithm=algorithm, hidden=_hidden(lcfg), gamma=gamma,
                 eps_init=ex["eps_init"], eps_end=ex["eps_end"],
@@ -343,6 +374,17 @@ def build_levels(
             spec = env_spec if lowest else option_spec(int(lcfg.get("n_options", 4)))
             algorithm = _check_algorithm(name, algorithm, spec, _algorithms(spec))
             timeout = lcfg.get("timeout", 8)
+            if algorithm in ON_POLICY_ALGORITHMS:
+                if timeout is None:
+                    raise ConfigError(
+                        f"{where}.timeout=null: an on-policy option-conditioned level ends its "
+                        "options by timeout; give it a number of its steps."
+                    )
+                parts.append(_on_policy(
+                    name, lcfg, task, obs_dim, spec, algorithm, device, parent_dim=parent_options,
+                    lowest=lowest, control=Timeout(int(timeout)),
+                ))
+                continue
             level, loss = option_conditioned_level(
                 name, obs_dim, parent_options, spec, algorithm=algorithm,
                 timeout=None if timeout is None else int(timeout), hidden=_hidden(lcfg),
@@ -476,15 +518,25 @@ def compile_learners(cfg: Mapping[str, Any], lowest: bool = True) -> bool:
     raise ConfigError(f"compile={value!r}; choose true, false or auto.")
 
 
+#: Learner settings of on-policy levels (:class:`OnPolicyLearner`).
+_ON_POLICY_LEARNER_KEYS = (
+    "lr", "batch_size", "epochs", "lmbda", "min_transitions", "max_grad_norm", "optimizer",
+    "compile",
+)
+
+
 def _learner(
     name: str, loss: LossModule, lcfg: Mapping[str, Any], storage_device: torch.device,
-    where: str, compile: bool = False, **kwargs: Any,
+    where: str, compile: bool = False, on_policy: bool = False, **kwargs: Any,
 ) -> LevelLearner:
     settings = dict(_container(lcfg.get("learner")) or {})
-    unknown = sorted(set(settings) - set(_LEARNER_KEYS))
+    valid = _ON_POLICY_LEARNER_KEYS if on_policy else _LEARNER_KEYS
+    unknown = sorted(set(settings) - set(valid))
     if unknown:
+        kind = f"an on-policy ({lcfg.get('algorithm')}) " if on_policy else ""
         raise ConfigError(
-            f"{where}.{name}.learner has unknown keys {unknown}; valid: {list(_LEARNER_KEYS)}."
+            f"{where}.{name}.learner has unknown keys {unknown} for {kind}level; valid: "
+            f"{list(valid)}."
         )
     optimizer = settings.pop("optimizer", "adam")
     if optimizer not in _OPTIMIZERS:
@@ -495,7 +547,8 @@ def _learner(
     if not isinstance(compile, bool):
         raise ConfigError(f"{where}.{name}.learner.compile={compile!r}; choose true or false.")
     lr = float(settings.pop("lr", 1e-3))
-    return LevelLearner(
+    learner = OnPolicyLearner if on_policy else LevelLearner
+    return learner(
         loss, device=storage_device, compile=compile,
         optimizer=functools.partial(_OPTIMIZERS[optimizer], lr=lr), **settings, **kwargs,
     )
@@ -504,8 +557,9 @@ def _learner(
 class TransitionPipeline:
     """A collected batch -> each level's transitions, ready for its learner.
 
-    Levels without processing get ``hierarchy.transitions(batch)`` as is; levels with
-    hindsight get whole episodes (held per env instance until they end,
+    Levels without processing get their transitions (``hierarchy.transitions(batch)``) as
+    they are; on-policy levels their trajectories (``hierarchy.trajectories(batch)``); levels
+    with hindsight get whole episodes (held per env instance until they end,
     :class:`LevelEpisodes`) through their relabelling (:class:`HindsightGoals`,
     :func:`subgoal_transitions`).
     """
@@ -515,13 +569,16 @@ class TransitionPipeline:
         self.process = {p.level.name: p.process for p in parts}
         self.episodic = [p.level.name for p in parts if p.episodic]
         self.episodes = LevelEpisodes(hierarchy, self.episodic) if self.episodic else None
-        self.direct = [p.level.name for p in parts if not p.episodic]
+        self.on_policy = [p.level.name for p in parts if p.on_policy]
+        self.direct = [p.level.name for p in parts if not (p.episodic or p.on_policy)]
 
     def __call__(self, batch: TensorDictBase) -> dict[str, TensorDictBase]:
         out: dict[str, TensorDictBase] = {}
+        levels, keys = self.hierarchy.levels, self.hierarchy.keys
         if self.direct:
-            raw = self.hierarchy.transitions(batch)
-            out.update({name: raw[name] for name in self.direct})
+            out.update(level_transitions(batch, levels, keys, self.direct))
+        if self.on_policy:
+            out.update(level_trajectories(batch, levels, keys, self.on_policy))
         if self.episodes is not None:
             out.update(self.episodes.add(batch))
         for name, data in out.items():
@@ -621,7 +678,9 @@ def build_experiment(cfg: DictConfig, *, n_envs: int | None = None, seed: int | 
         {
             p.level.name: _learner(
                 p.level.name, p.loss, p.config, storage, "hierarchy.levels",
-                compile=compile_learners(cfg, lowest=i == len(parts) - 1), level=p.level,
+                # minibatches of on-policy levels vary in size: compile them only when asked
+                compile=compile_learners(cfg, lowest=i == len(parts) - 1 and not p.on_policy),
+                on_policy=p.on_policy, level=p.level,
             )
             for i, p in enumerate(parts)
         },

@@ -42,7 +42,7 @@ from torchrl_hier.layered._specs import (
 from torchrl_hier.learning import LevelLearner
 from torchrl_hier.level import Level
 from torchrl_hier.levels import anneal_exploration, random_level
-from torchrl_hier.transitions import LazyTransitions, level_transitions
+from torchrl_hier.transitions import LazyTransitions, level_trajectories, level_transitions
 
 __all__ = ["Hierarchy", "RandomHierarchy"]
 
@@ -284,9 +284,16 @@ class Hierarchy:
             lambda names: self._extract(acting, step, new, names), self.names
         )
         if self.training and self.learners:
-            transitions.extract(list(self.learners))
-            for name, learner in self.learners.items():
-                learner.extend(transitions[name])
+            off_policy = [name for name, learner in self.learners.items() if not learner.on_policy]
+            transitions.extract(off_policy)
+            for name in off_policy:
+                self.learners[name].extend(transitions[name])
+            on_policy = [name for name in self.learners if name not in off_policy]
+            if on_policy:
+                # one env step of each level, masked where it completed: the learner joins
+                # the steps into the level's trajectories
+                for name, data in self._extract(acting, step, new, on_policy, steps=True).items():
+                    self.learners[name].extend(data)
         if any_done is False:
             self._state = new
         else:
@@ -327,12 +334,17 @@ class Hierarchy:
         )
 
     def _extract(
-        self, acting: _Acting, step: _Step, new: HierarchyState, names: Sequence[str]
+        self, acting: _Acting, step: _Step, new: HierarchyState, names: Sequence[str],
+        steps: bool = False,
     ) -> dict[str, TensorDict]:
+        """The named levels' transitions completed at this step, or with ``steps`` this step
+        as ``[n, 1]`` unpacked trajectories (for on-policy learners)."""
         root = self._root_tensordict(acting)
         next_td = self._next_tensordict(step)
         next_td.set(STATE, new.to_tensordict(self._upper, self._batch_size))
         root.set("next", next_td)
+        if steps:
+            return level_trajectories(root.unsqueeze(-1), self.levels, self.keys, names, pack=False)
         return level_transitions(root, self.levels, self.keys, names=names)
 
     def learn(self) -> dict[str, dict[str, float]]:

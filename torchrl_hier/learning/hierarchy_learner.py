@@ -10,6 +10,7 @@ from torchrl.objectives import LossModule
 
 from torchrl_hier.hierarchy import Hierarchy
 from torchrl_hier.learning.level_learner import LevelLearner
+from torchrl_hier.transitions import level_trajectories, level_transitions
 
 __all__ = ["HierarchyLearner"]
 
@@ -126,6 +127,26 @@ class HierarchyLearner(Mapping[str, LevelLearner]):
             learner = self.learners.get(name)
             if learner is not None:
                 learner.extend(data)
+
+    def extend_batch(self, batch: TensorDictBase) -> None:
+        """Adds what each learner reads from a collected batch, each extracted once: the
+        level's transitions for off-policy learners, its trajectories for on-policy ones
+        (:class:`~torchrl_hier.learning.OnPolicyLearner`). Needs ``hierarchy=``."""
+        hierarchy = self.hierarchy
+        if hierarchy is None:
+            raise ValueError(
+                "extend_batch extracts each level's data with the hierarchy: build the learners "
+                "with HierarchyLearner(..., hierarchy=hier), or call "
+                "extend(hier.transitions(batch)) / extend(hier.trajectories(batch)) yourself."
+            )
+        on_policy = [name for name, learner in self.learners.items() if learner.on_policy]
+        off_policy = [name for name in self.learners if name not in on_policy]
+        data: dict[str, TensorDictBase] = {}
+        if off_policy:
+            data.update(level_transitions(batch, hierarchy.levels, hierarchy.keys, off_policy))
+        if on_policy:
+            data.update(level_trajectories(batch, hierarchy.levels, hierarchy.keys, on_policy))
+        self.extend(data)
 
     def update(self) -> dict[str, dict[str, float]]:
         """Updates every level; returns ``{level name: its mean losses}`` for the levels that

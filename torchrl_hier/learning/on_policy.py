@@ -89,7 +89,7 @@ class OnPolicyLearner(LevelLearner):
         self.epochs = epochs
         self.min_transitions = min_transitions
         self._held: list[TensorDictBase] = []
-        self._held_counts: list[Tensor] = []
+        self._held_total: Tensor | None = None  # transitions held, summed on their device
         super().__init__(
             loss, level=level, gamma=gamma, optimizer=optimizer, lr=lr, batch_size=batch_size,
             device=device, target_update=None, warmup=0, update_ratio=1.0,
@@ -122,16 +122,12 @@ class OnPolicyLearner(LevelLearner):
     # ----------------------------------------------------------------------------- counts
     @property
     def n_transitions(self) -> int:
-        """Transitions received so far (reading it sums the held ones' masks: a device sync)."""
-        if self._held_counts:
-            return self._counted + int(torch.stack(self._held_counts).sum())
-        return self._counted
+        """Transitions received so far (reading it counts the held ones: a device sync)."""
+        return self._counted + self._held_count()
 
     @n_transitions.setter
     def n_transitions(self, value: int) -> None:
-        self._counted = int(value) - (
-            int(torch.stack(self._held_counts).sum()) if self._held_counts else 0
-        )
+        self._counted = int(value) - self._held_count()
 
     @property
     def updates_owed(self) -> int:
@@ -142,7 +138,7 @@ class OnPolicyLearner(LevelLearner):
         return self.epochs * math.ceil(held / self.batch_size)
 
     def _held_count(self) -> int:
-        return int(torch.stack(self._held_counts).sum()) if self._held_counts else 0
+        return 0 if self._held_total is None else int(self._held_total)
 
     # ----------------------------------------------------------------------------- learning
     def extend(self, trajectories: TensorDictBase) -> None:
@@ -180,7 +176,8 @@ class OnPolicyLearner(LevelLearner):
         self._schema = set(td.keys(include_nested=True, leaves_only=True))
         self._note_non_finite(td)
         self._held.append(td)
-        self._held_counts.append(td.get(TRAJECTORY_MASK).sum())
+        count = td.get(TRAJECTORY_MASK).sum()
+        self._held_total = count if self._held_total is None else self._held_total.add_(count)
 
     def update(self) -> dict[str, float]:
         """``epochs`` passes of minibatch gradient steps over the held trajectories, once they
@@ -192,7 +189,7 @@ class OnPolicyLearner(LevelLearner):
         joined = torch.cat(self._held, dim=1) if len(self._held) > 1 else self._held[0]
         data = pack_trajectories(joined, joined.get(TRAJECTORY_MASK))
         self._counted += held
-        self._held, self._held_counts = [], []
+        self._held, self._held_total = [], None
         return self._run_steps(self._minibatches(data))
 
     def _minibatches(self, data: TensorDict) -> Iterator[TensorDictBase]:
@@ -236,7 +233,7 @@ class OnPolicyLearner(LevelLearner):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores what :meth:`state_dict` saved; held trajectories are replaced by the saved
         ones (none if they were not saved)."""
-        self._held, self._held_counts = [], []
+        self._held, self._held_total = [], None
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "buffer"})
         held = state_dict.get("held")
         if held is not None:
@@ -244,8 +241,8 @@ class OnPolicyLearner(LevelLearner):
                 held["data"], batch_size=held["batch_size"], device=self.device,
                 auto_batch_size=False,
             )
-            self._counted -= int(data.get(TRAJECTORY_MASK).sum())
-            self._held, self._held_counts = [data], [data.get(TRAJECTORY_MASK).sum()]
+            self._held, self._held_total = [data], data.get(TRAJECTORY_MASK).sum()
+            self._counted -= self._held_count()
 
     def __repr__(self) -> str:
         return (

@@ -20,6 +20,9 @@ A two-level HAC on a goal-conditioned task, fed per level with whole episodes::
 Options: ``option_level(name, obs_dim, K)`` above ``option_conditioned_level(name, obs_dim, K,
 env.action_spec_unbatched, timeout=H, termination=OptionTermination(obs_dim, K))``; their
 transitions feed their losses directly.
+
+On-policy: ``on_policy_level(name, obs_dim, spec, algorithm="ppo")`` at any level (an option
+spec above the lowest), learnt by ``OnPolicyLearner`` from ``hierarchy.trajectories(batch)``.
 """
 
 from torchrl_hier.levels.basic import ConstantPolicy, SpecRandomPolicy, constant_level, random_level
@@ -46,6 +49,7 @@ from torchrl_hier.levels.hindsight import (
     subgoal_test_penalties,
     subgoal_transitions,
 )
+from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS, on_policy_head, on_policy_level
 from torchrl_hier.levels.options import (
     OptionTermination,
     OptionTerminationLoss,
@@ -95,6 +99,9 @@ __all__ = [
     "subgoal_learner_frame",
     "subgoal_test_penalties",
     "subgoal_transitions",
+    "ON_POLICY_ALGORITHMS",
+    "on_policy_head",
+    "on_policy_level",
     "OptionTermination",
     "OptionTerminationLoss",
     "option_conditioned_level",
