@@ -23,7 +23,9 @@ is one process with ``torch.set_num_threads(1)``; ``--workers`` runs that many a
     python benchmarks/learning.py --configs grid-subgoals --seeds 0 --frames-scale 0.25
 
 Writes ``benchmarks/results/learning.json`` (every curve), ``learning_grid.png``,
-``learning_point.png`` and ``learning.md`` (a table of success at checkpoints).
+``learning_point.png`` and ``learning.md`` (a table of success at checkpoints: mean over seeds
+with a 95 % bootstrap CI and the IQM, from ``torchrl_hier.report``); ``--report-only`` rewrites
+the table and plots from an existing ``learning.json``.
 The seeds reported are 0, 1, 2; the hyperparameters were chosen on seed 100.
 """
 
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
@@ -68,6 +71,7 @@ from torchrl_hier.levels import (
     subgoal_level,
     subgoal_transitions,
 )
+from torchrl_hier.report import bootstrap_ci, iqm
 
 RESULTS = Path(__file__).parent / "results"
 INF = float("inf")
@@ -432,6 +436,8 @@ def _train_star(args: tuple) -> dict:
 
 # ----------------------------------------------------------------------------- reporting
 def plot(runs: list[dict], task: str, path: Path) -> None:
+    """Each config's mean success curve over seeds with its 95 % bootstrap confidence band
+    (``torchrl_hier.report``, as for a Hydra sweep)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -440,15 +446,14 @@ def plot(runs: list[dict], task: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in sorted({r["config"] for r in runs if r["task"] == task}):
         group = [r for r in runs if r["config"] == name]
-        frames = torch.tensor(group[0]["frames"], dtype=torch.float64)
-        success = torch.tensor([r["success"] for r in group], dtype=torch.float64)
-        mean, low, high = success.mean(0), success.min(0).values, success.max(0).values
-        ax.plot(frames, mean, label=f"{name} ({len(group)} seeds)")
-        ax.fill_between(frames, low, high, alpha=0.2)
+        success = np.array([r["success"] for r in group])
+        low, high = bootstrap_ci(success)
+        ax.plot(group[0]["frames"], success.mean(0), label=f"{name} ({len(group)} seeds)")
+        ax.fill_between(group[0]["frames"], low, high, alpha=0.2)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("greedy success rate")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{_task_env(runs, task)}: mean, min-max over seeds")
+    ax.set_title(f"{_task_env(runs, task)}: mean, 95 % bootstrap CI over seeds")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -461,10 +466,12 @@ def _task_env(runs: list[dict], task: str) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    """A markdown table: mean (min-max) success at a few checkpoints, and time per run."""
+    """A markdown table: success at a few checkpoints, mean over seeds [95 % bootstrap CI], the
+    interquartile mean at the end of the budget, and time per run."""
     lines = [
-        "| config | env | seeds | success at 25% | 50% | 100% of budget | cpu s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| config | env | seeds | success at 25% | 50% | 100% of budget | IQM at 100% "
+        "| cpu s / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in CONFIGS:
         group = [r for r in runs if r["config"] == name]
@@ -474,13 +481,29 @@ def table(runs: list[dict]) -> str:
         cells = []
         for frac in (0.25, 0.5, 1.0):
             i = min(range(len(frames)), key=lambda j: abs(frames[j] - frac * frames[-1]))
-            values = [r["success"][i] for r in group]
-            cells.append(f"{sum(values) / len(values):.2f} ({min(values):.2f}-{max(values):.2f}) "
-                         f"@{frames[i] // 1000}k")
+            values = np.array([r["success"][i] for r in group])
+            low, high = bootstrap_ci(values)
+            cells.append(f"{values.mean():.2f} [{low:.2f}, {high:.2f}] @{frames[i] // 1000}k")
+        final = np.array([r["success"][-1] for r in group])
+        low, high = bootstrap_ci(final, iqm)
+        cells.append(f"{iqm(final):.2f} [{low:.2f}, {high:.2f}]")
         cpu = sum(r["cpu_s"] for r in group) / len(group)
         lines.append(f"| {name} | {group[0]['env']} | {len(group)} | " + " | ".join(cells)
                      + f" | {cpu:.0f} |")
     return "\n".join(lines)
+
+
+def write_report(runs: list[dict], meta: dict, out: Path, tag: str) -> str:
+    """Writes ``<tag>.json`` (every curve), a PNG per task and ``<tag>.md``; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+    for task in sorted({r["task"] for r in runs}):
+        plot(runs, task, out / f"{tag}_{task}.png")
+    text = table(runs)
+    footer = (f"\nWall time {meta['wall_s'] / 60:.1f} min with {meta['workers']} workers; total CPU "
+              f"time {meta['cpu_s'] / 60:.1f} min.\n")
+    (out / f"{tag}.md").write_text(text + "\n" + footer)
+    return text + footer
 
 
 def main() -> None:
@@ -494,8 +517,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="learning", help="prefix of the result files")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rewrite the table and plots from <out>/<tag>.json")
     args = parser.parse_args()
 
+    if args.report_only:
+        saved = json.loads((args.out / f"{args.tag}.json").read_text())
+        print(write_report(saved["runs"], saved["meta"], args.out, args.tag))
+        return
     jobs = [(name, seed, args.frames_scale, args.envs, args.eval_episodes)
             for name in args.configs for seed in args.seeds]
     start = time.perf_counter()
@@ -505,19 +534,10 @@ def main() -> None:
     else:
         runs = [_train_star(job) for job in jobs]
     wall = time.perf_counter() - start
-
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = {"wall_s": wall, "workers": args.workers, "cpu_s": sum(r["cpu_s"] for r in runs),
             "machine": platform.platform(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}}
-    (args.out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
-    for task in sorted({r["task"] for r in runs}):
-        plot(runs, task, args.out / f"{args.tag}_{task}.png")
-    text = table(runs)
-    footer = (f"\nWall time {wall / 60:.1f} min with {args.workers} workers; total CPU time "
-              f"{meta['cpu_s'] / 60:.1f} min.\n")
-    (args.out / f"{args.tag}.md").write_text(text + "\n" + footer)
-    print(text + footer)
+    print(write_report(runs, meta, args.out, args.tag))
 
 
 if __name__ == "__main__":

@@ -36,3 +36,13 @@ def test_tiny_budget_training_beats_random(name):
     random = bench.random_success(task, seed=0, episodes=50)
     assert run["frames"][-1] > 0.9 * task.frames
     assert run["success"][-1] >= random + 0.2, (run["success"], random)
+
+
+def test_table_reports_the_mean_with_a_bootstrap_ci_and_the_iqm_over_seeds():
+    runs = [{"config": "grid-options", "env": "GridMaze-9Rooms", "task": "grid",
+             "frames": [0, 50_000, 100_000], "success": [0.0, s / 2, s], "cpu_s": 1.0}
+            for s in (0.1, 0.3, 0.5)]
+    (row,) = [line for line in bench.table(runs).splitlines() if line.startswith("| grid-options")]
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[3:7] == ["0.00 [0.00, 0.00] @0k", "0.15 [0.05, 0.25] @50k",
+                          "0.30 [0.10, 0.50] @100k", "0.30 [0.10, 0.50]"]
