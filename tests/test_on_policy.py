@@ -16,7 +16,7 @@ from torchrl.envs.utils import check_env_specs
 from torchrl_hier import Hierarchy, Timeout
 from torchrl_hier.envs import GridMaze
 from torchrl_hier.learning import HierarchyLearner, LevelLearner, OnPolicyLearner
-from torchrl_hier.levels import on_policy_level, option_level, option_spec
+from torchrl_hier.levels import on_policy_level, option_critic_levels, option_level, option_spec
 
 
 def small_maze(n: int = 6, max_steps: int = 7, seed: int = 0) -> GridMaze:
@@ -59,6 +59,7 @@ def test_a_choice_records_its_log_prob_from_the_choice_on():
     transition (the lowest level's is in the env TensorDict), declared in the specs, and is
     the log-prob of the recorded action under the policy that chose it; levels that record
     nothing carry nothing more."""
+    torch.manual_seed(0)
     env = small_maze(n=4, max_steps=20)
     hierarchy, _ = ppo_stack(env)
     transformed = TransformedEnv(env, hierarchy.transform)
@@ -111,6 +112,7 @@ def test_semi_mdp_gae_matches_a_hand_computation():
     """The learner's GAE over the option level's trajectories (mixed tau, terminations and
     truncations) equals GAE written out step by step: gamma**tau per transition, no bootstrap
     after a termination, a bootstrap after a truncation."""
+    torch.manual_seed(0)
     env = small_maze(n=6, max_steps=7)
     hierarchy, losses = ppo_stack(env, timeout=3)
     (batch,) = collect(env, hierarchy, 6 * 40, 1)
@@ -334,3 +336,60 @@ def test_layered_api_learns_on_policy():
         assert learners[name].n_transitions == count
     greedy = collector.evaluate(16)["mean_return"]
     assert greedy >= max(110, 5 * first["mean_return"]), (first["mean_return"], greedy)
+
+
+# ----------------------------------------------------------------------------- 4. option-critic
+def option_critic_stack(env, deliberation_cost: float = 0.01):
+    top, low, loss = option_critic_levels(
+        4, 3, env.action_spec_unbatched, gamma=0.9, deliberation_cost=deliberation_cost,
+        termination_bias=0.0, hidden=(32,),
+    )
+    hierarchy = Hierarchy([top, low], env)
+    learner = OnPolicyLearner(loss, level=low, epochs=1, batch_size=512, lr=3e-3)
+    learners = HierarchyLearner({"primitive": learner}, hierarchy=hierarchy, frozen=["option"])
+    return hierarchy, loss, learners
+
+
+def test_option_critic_targets_match_a_hand_computation():
+    """Q_Omega's target on a transition (s, w, a, r, s') is the intra-option Q-learning target
+    r + gamma**tau * (1 - terminated) * [(1 - beta_w(s')) Q(s', w) + beta_w(s') max Q(s', .)]."""
+    torch.manual_seed(0)
+    env = small_maze(n=6, max_steps=7)
+    hierarchy, loss, _ = option_critic_stack(env)
+    (batch,) = collect(env, hierarchy, 6 * 20, 1)
+    moves = hierarchy.transitions(batch)["primitive"]
+    terminated = moves["next", "terminated"].squeeze(-1)
+    assert terminated.any() and (moves["next", "truncated"].squeeze(-1)).any()
+    with torch.no_grad():
+        targets = loss.targets(moves)
+        q_next = loss.qvalue(moves["next"].select("observation").clone())["action_value"]
+        beta_next = torch.sigmoid(loss.termination.net(moves["next", "observation"]))
+    for i in range(moves.shape[0]):
+        w = int(moves["parent_action"][i].argmax())
+        u = (1 - beta_next[i, w]) * q_next[i, w] + beta_next[i, w] * q_next[i].max()
+        expected = moves["next", "reward"][i, 0] + 0.9 * (not terminated[i]) * u
+        torch.testing.assert_close(targets[i], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("deliberation_cost, direction", [(0.0, 1), (1.0, -1)])
+def test_option_critic_terminations_change_with_training(deliberation_cost, direction):
+    """The termination gradient moves beta: without a deliberation cost the advantage
+    Q(s', w) - V(s') <= 0 raises every option's termination probability; a cost larger than
+    the advantages lowers it (longer options). The other parts learn too."""
+    torch.manual_seed(0)
+    env = small_maze(n=16, max_steps=12)
+    hierarchy, loss, learners = option_critic_stack(env, deliberation_cost)
+    probe = torch.rand(256, 4)
+    with torch.no_grad():
+        before = torch.sigmoid(loss.termination.net(probe)).mean()
+    params = {name: [p.clone() for p in module.parameters()] for name, module in
+              (("qvalue", loss.qvalue), ("intra_option", loss.intra_option))}
+    for batch in collect(env, hierarchy, 16 * 16, 8):
+        learners.extend_batch(batch)
+        logs = learners.update()
+    with torch.no_grad():
+        after = torch.sigmoid(loss.termination.net(probe)).mean()
+    assert direction * (after - before) > 0.02, (before, after)
+    assert set(logs["primitive"]) >= {"loss_critic", "loss_policy", "loss_termination"}
+    for name, module in (("qvalue", loss.qvalue), ("intra_option", loss.intra_option)):
+        assert any(not torch.equal(a, b) for a, b in zip(params[name], module.parameters())), name

@@ -22,7 +22,9 @@ env.action_spec_unbatched, timeout=H, termination=OptionTermination(obs_dim, K))
 transitions feed their losses directly.
 
 On-policy: ``on_policy_level(name, obs_dim, spec, algorithm="ppo")`` at any level (an option
-spec above the lowest), learnt by ``OnPolicyLearner`` from ``hierarchy.trajectories(batch)``.
+spec above the lowest), learnt by ``OnPolicyLearner`` from ``hierarchy.trajectories(batch)``; option-critic:
+``option_critic_levels(obs_dim, K, env.action_spec_unbatched)`` (an epsilon-greedy option level
+over ``Q_Omega``, intra-option policies with termination heads, and their ``OptionCriticLoss``).
 """
 
 from torchrl_hier.levels.basic import ConstantPolicy, SpecRandomPolicy, constant_level, random_level
@@ -49,6 +51,7 @@ from torchrl_hier.levels.hindsight import (
     subgoal_test_penalties,
     subgoal_transitions,
 )
+from torchrl_hier.levels.option_critic import OptionCriticLoss, OptionHeads, option_critic_levels
 from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS, on_policy_head, on_policy_level
 from torchrl_hier.levels.options import (
     OptionTermination,
@@ -99,6 +102,9 @@ __all__ = [
     "subgoal_learner_frame",
     "subgoal_test_penalties",
     "subgoal_transitions",
+    "OptionCriticLoss",
+    "OptionHeads",
+    "option_critic_levels",
     "ON_POLICY_ALGORITHMS",
     "on_policy_head",
     "on_policy_level",

@@ -190,6 +190,20 @@ class OptionTermination(TensorDictModuleBase):
         return tensordict.set("terminate", terminate)
 
 
+def termination_loss(
+    beta: Tensor, values: Tensor, option: Tensor, margin: float, alive: Tensor
+) -> Tensor:
+    """The option-critic termination loss (Bacon, Harb & Precup 2017), whose gradient is the
+    termination gradient: ``mean(beta(s', w) * (Q(s', w) - max_w' Q(s', w') + margin) * alive)``.
+
+    ``beta``: the running option's termination probability at ``s'`` (with its graph),
+    ``values``: ``Q(s', .)`` (no graph), ``option``: one-hot ``w``, ``alive``: 1 where the
+    episode goes on. ``margin`` (the deliberation cost xi) favours long options."""
+    values = values.detach()
+    advantage = (values * option.to(values.dtype)).sum(-1) - values.max(-1).values
+    return (beta * (advantage + margin) * alive.to(beta.dtype)).mean()
+
+
 class OptionTerminationLoss(LossModule):
     """The option-critic termination loss, on the lower level's transitions.
 
@@ -250,10 +264,9 @@ class OptionTerminationLoss(LossModule):
             values = self._option_qvalue(
                 TensorDict({OBSERVATION: next_obs}, batch_size=tensordict.batch_size)
             ).get("action_value")
-            advantage = (values * option.to(values.dtype)).sum(-1) - values.max(-1).values
-            alive = (~tensordict.get(("next", "done")).reshape(advantage.shape)).to(values.dtype)
+        alive = ~tensordict.get(("next", "done")).reshape(tensordict.batch_size)
         beta = self.termination.probability(next_obs, option)
-        loss = (beta * (advantage + self.margin) * alive).mean()
+        loss = termination_loss(beta, values, option, self.margin, alive)
         return TensorDict(
             {"loss_termination": loss, "termination_prob": beta.detach().mean()}, batch_size=[]
         )
