@@ -1,11 +1,15 @@
 """Shared test set-up: makes the helpers in ``tests/`` (e.g. ``scripted_env``) importable
-whatever pytest's import mode, and keeps hypothesis runs reproducible in CI."""
+whatever pytest's import mode, keeps hypothesis runs reproducible in CI, and records what
+torchrl's logger gets (``torchrl_records``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterator
 
+import pytest
 import torch
 from hypothesis import Phase, settings
 
@@ -22,3 +26,28 @@ settings.register_profile(
     "quick", derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+class _Records(logging.Handler):
+    """Keeps the records of the logger it is attached to."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def torchrl_records(monkeypatch) -> Iterator[list[logging.LogRecord]]:
+    """The records the ``torchrl`` logger gets, with the logger as torchrl sets it up at import
+    when RL_LOGGING_LEVEL is not set (level INFO), whatever this process's environment."""
+    logger = logging.getLogger("torchrl")
+    level, records = logger.level, _Records()
+    monkeypatch.delenv("RL_LOGGING_LEVEL", raising=False)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(records)
+    yield records.records
+    logger.removeHandler(records)
+    logger.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import math
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.data import Bounded, Categorical, OneHot
+from torchrl.data import Bounded, Categorical, LazyTensorStorage, OneHot, TensorDictReplayBuffer
 from torchrl.envs import TransformedEnv
 from torchrl.modules import (
     MLP,
@@ -677,7 +678,7 @@ def test_fast_sampling_draws_the_rows_buffer_sample_draws():
 
 
 def test_buffers_that_cannot_be_read_directly_use_their_sample():
-    from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
+    from torchrl.data import SamplerWithoutReplacement
     from torchrl.envs import RewardScaling
 
     custom = {
@@ -884,3 +885,22 @@ def test_a_non_finite_loss_is_reported():
         next(iter(learner.loss.parameters())).fill_(float("inf"))
     with pytest.raises(FloatingPointError, match=r"The loss of this learner became non-finite \(\['loss'\]\)"):
         learner.update()
+
+
+def test_own_buffer_does_not_log_torchrl_info_unless_asked(torchrl_records, monkeypatch):
+    """The buffer a LevelLearner makes itself does not announce its storage on TorchRL's
+    logger unless the user chose TorchRL's log level (RL_LOGGING_LEVEL or the logger's)."""
+    def first_write(**kwargs) -> list[str]:
+        torchrl_records.clear()
+        LevelLearner(dqn_loss(), gamma=GAMMA, **kwargs).extend(transitions("dqn"))
+        return [r.getMessage() for r in torchrl_records if r.levelno == logging.INFO]
+
+    assert first_write() == []
+    assert not logging.getLogger("torchrl").filters  # the filter lived for that write only
+    # a buffer the user passes logs as TorchRL makes it log
+    assert first_write(buffer=TensorDictReplayBuffer(storage=LazyTensorStorage(100)))
+    logging.getLogger("torchrl").setLevel(logging.DEBUG)  # the user chose torchrl's level
+    assert first_write()[0].startswith("Initialized LazyTensorStorage")
+    logging.getLogger("torchrl").setLevel(logging.INFO)
+    monkeypatch.setenv("RL_LOGGING_LEVEL", "INFO")
+    assert first_write()[0].startswith("Initialized LazyTensorStorage")

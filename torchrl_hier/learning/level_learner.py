@@ -29,6 +29,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate, ValueEstimato
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.objectives.value import TD0Estimator
 
+from torchrl_hier._logging import quiet_torchrl_info
 from torchrl_hier.learning.fast import FusedSoftUpdate, make_sampler
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
 
@@ -167,6 +168,8 @@ class LevelLearner:
         self.optimizer = self._make_optimizer(optimizer, lr)
         self.target_updater = self._make_target_updater(target_update, tau, period)
         self.buffer = self._make_buffer(buffer, buffer_size)
+        # The first write into a buffer made here does not log TorchRL's storage INFO line.
+        self._quiet_first_write = buffer is None
         self.n_transitions = 0
         self.n_updates = 0
         self._schema: set[NestedKey] | None = None
@@ -410,7 +413,12 @@ class LevelLearner:
             return
         self._schema = set(td.keys(include_nested=True, leaves_only=True))
         self._note_non_finite(td)
-        self.buffer.extend(td)
+        if self._quiet_first_write:
+            with quiet_torchrl_info():
+                self.buffer.extend(td)
+            self._quiet_first_write = False
+        else:
+            self.buffer.extend(td)
         self.n_transitions += n
 
     def _note_non_finite(self, td: TensorDictBase) -> None:
