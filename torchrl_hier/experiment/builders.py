@@ -28,11 +28,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.collectors import Collector
 from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
 from torchrl.objectives import LossModule
 
+from torchrl_hier.collectors import MultiSyncCollector
 from torchrl_hier.control import Timeout
 from torchrl_hier.envs import make_env
 from torchrl_hier.hierarchy import Hierarchy, usable_device
@@ -800,7 +801,8 @@ def make_collector(
     cfg: DictConfig, exp: Experiment, total_frames: int, *, env_seed: int | None = None
 ) -> Collector | MultiSyncCollector:
     """``Collector`` (ex-``SyncDataCollector``), ``MultiSyncCollector``
-    (ex-``MultiSyncDataCollector``) or ``RayCollector`` running the hierarchy policy in the
+    (ex-``MultiSyncDataCollector``; :mod:`torchrl_hier.collectors`' own, which raises a
+    worker's error in the main process) or ``RayCollector`` running the hierarchy policy in the
     transformed task."""
     ccfg = cfg.collector
     name = ccfg.get("name")
