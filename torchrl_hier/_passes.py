@@ -161,7 +161,7 @@ class HierarchyState:
     def to_tensordict(self, levels: Sequence[Level], batch_size, device=None) -> TensorDict:
         """The ``"hier"`` entries as one TensorDict."""
         names = [level.name for level in levels]
-        return TensorDict(
+        return built_tensordict(
             {
                 "completed": self.completed,
                 STEPS_ENTRY: self.steps,
@@ -178,8 +178,8 @@ class HierarchyState:
                     for record, value in records.items()
                 },
             },
-            batch_size=batch_size,
-            device=device,
+            batch_size,
+            device,
         )
 
     def where(self, mask: Tensor, other: HierarchyState) -> HierarchyState:
@@ -217,7 +217,19 @@ def level_input(
     data = {OBSERVATION: level_obs}
     if parent_action is not None:
         data[PARENT_ACTION] = parent_action
-    return TensorDict(data, batch_size=batch_size, device=device)
+    return built_tensordict(data, batch_size, device)
+
+
+def built_tensordict(data: dict[str, Tensor], batch_size, device=None) -> TensorDict:
+    """A TensorDict of tensors the passes built themselves, without TensorDict's per-entry
+    checks (~3 us a call instead of ~15-25 us, paid per level per env step).
+
+    Only for string-keyed tensors whose leading dims are ``batch_size`` and that live on
+    ``device`` by construction: the hierarchy's dry run checks each level's observation map and
+    action once, and what the policies write into these TensorDicts is still checked by
+    ``set``. TorchRL's env wrappers build their step outputs this way too.
+    """
+    return TensorDict._new_unsafe(data, batch_size=torch.Size(batch_size), device=device)
 
 
 def written_action(level: Level, out: TensorDictBase) -> Tensor:
@@ -436,7 +448,7 @@ def backward_pass(
     carried = _state(td)
     next_td.set(
         STATE,
-        TensorDict(
+        built_tensordict(
             {
                 "completed": new.completed,
                 STEPS_ENTRY: new.steps,
@@ -445,8 +457,8 @@ def backward_pass(
                 # The pending actions do not change in the backward pass: share their entries.
                 **{entry: carried.get(entry) for entry in carried_entries(upper)},
             },
-            batch_size=next_td.batch_size,
-            device=next_td.device,
+            next_td.batch_size,
+            next_td.device,
         ),
     )
     return next_td
