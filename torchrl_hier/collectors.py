@@ -13,8 +13,9 @@ The workers write what they raise to a report file: every policy and transform o
 ``torchrl_hier`` (a HAM's machine code and choice modules, a level stack's policies, control
 rules, rewards and observation maps) runs through :func:`reports_worker_errors`, which writes
 the exception and its formatted traceback in a worker of these collectors and re-raises it.
-Errors raised outside that code (in the env itself, or in a policy of another library) still
-reach the main process as TorchRL's generic error.
+Errors raised outside that code (in the env itself, or in a policy of another library), or in
+processes the workers start themselves (a ``ParallelEnv``'s), still reach the main process as
+TorchRL's generic error.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Machines are Python functions registered on a :class:`HAM`; the HAM runs as a TorchRL policy
 (:attr:`HAM.policy`) plus an env transform (:attr:`HAM.transform`), so ``env.rollout``,
 ``Collector`` (formerly ``SyncDataCollector``) and ``MultiSyncCollector`` (formerly
-``MultiSyncDataCollector``) run it, and :meth:`HAM.transitions` gives each choice point's
+``MultiSyncDataCollector``; take it from :mod:`torchrl_hier.collectors` to get a machine's
+exception in the main process) run it, and :meth:`HAM.transitions` gives each choice point's
 semi-MDP transitions for ``torchrl.objectives`` losses. :class:`HAMChoiceEnv` /
 :class:`HAMGymEnv` expose "one step = one choice" to flat learners.
 """
