@@ -211,16 +211,20 @@ def test_a_worker_error_reaches_the_driver_with_the_users_message():
     assert 'raise ArithmeticError("the user\'s rule broke on a success")' in str(info.value)
 
 
-def test_trainer_collector_ray(tmp_path):
+@pytest.mark.parametrize("overrides", [["hierarchy=options"], ["hierarchy=ham", "task=Taxi-v4"]])
+def test_trainer_collector_ray(tmp_path, overrides):
+    """Level stacks and HAMs both train with collector=ray (the workers run the HAM's
+    machines; its transitions are extracted in the driver)."""
     from test_train import tiny
 
     from torchrl_hier.train import train
 
-    cfg = tiny(["hierarchy=options", "collector=ray", "collector.num_workers=2"], tmp_path)
+    cfg = tiny([*overrides, "collector=ray", "collector.num_workers=2"], tmp_path)
     summary = train(cfg)
     assert summary["collector"] == "ray"
     assert summary["frames"] >= 256
-    assert all(level["transitions"] > 0 for level in summary["levels"].values())
+    levels = summary["levels"].values()
+    assert all(level["transitions"] > 0 and level["updates"] > 0 for level in levels)
 
 
 def test_more_workers_than_cpus_is_a_config_error():
