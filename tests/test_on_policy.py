@@ -274,6 +274,37 @@ def test_on_policy_and_off_policy_levels_mix():
         learners["moves"].extend(hierarchy.transitions(batch)["moves"])
 
 
+def test_learner_state_round_trip_keeps_the_held_trajectories():
+    """A learner saved between two batches (holding trajectories, as min_transitions allows)
+    and loaded into a fresh one takes the same update: parameters, optimizer, counts and the
+    held trajectories are restored."""
+    torch.manual_seed(0)
+    env = small_maze(n=6, max_steps=12)
+    hierarchy, losses = ppo_stack(env)
+    (batch,) = collect(env, hierarchy, 6 * 20, 1)
+    data = hierarchy.trajectories(batch)["options"]
+
+    def learner(loss):
+        return OnPolicyLearner(loss, level=hierarchy.levels[0], epochs=2, batch_size=16,
+                               min_transitions=10_000)
+
+    first = learner(losses["options"])
+    first.extend(data)
+    first.update()  # below min_transitions: holds
+    state = first.state_dict()
+    _, other_losses = ppo_stack(env)
+    second = learner(other_losses["options"])
+    second.load_state_dict(state)
+    assert second.n_transitions == first.n_transitions == int(data["mask"].sum())
+    for one in (first, second):
+        one.min_transitions = 1
+        torch.manual_seed(1)
+        one.update()
+    for a, b in zip(losses["options"].parameters(), other_losses["options"].parameters()):
+        torch.testing.assert_close(a, b)
+    assert first.n_updates == second.n_updates > 0
+
+
 def test_trainer_runs_on_policy_configs(tmp_path):
     """`hierarchy=options_ppo` and `hierarchy=flat_ppo` train through the Hydra trainer; a PPO
     level's learner takes on-policy settings and refuses hindsight copies."""

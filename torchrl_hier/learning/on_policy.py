@@ -221,21 +221,22 @@ class OnPolicyLearner(LevelLearner):
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self, include_buffer: bool = False) -> dict[str, Any]:
-        """As :meth:`LevelLearner.state_dict`, plus ``lmbda``; the held (not yet learnt)
-        trajectories too when ``include_buffer``."""
+        """As :meth:`LevelLearner.state_dict`, plus ``lmbda``, and as ``"buffer"`` the held (not
+        yet learnt) trajectories, whatever ``include_buffer`` says: at most one update's worth,
+        and a resumed run that lacked them would learn from other data."""
         state = super().state_dict(include_buffer=False)
         state["lmbda"] = self.lmbda
-        if include_buffer and self._held:
+        state["buffer"] = None
+        if self._held:
             joined = torch.cat(self._held, dim=1)
-            state["held"] = {"data": joined.to_dict(), "batch_size": list(joined.batch_size)}
+            state["buffer"] = {"data": joined.to_dict(), "batch_size": list(joined.batch_size)}
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restores what :meth:`state_dict` saved; held trajectories are replaced by the saved
-        ones (none if they were not saved)."""
+        """Restores what :meth:`state_dict` saved, the held trajectories included."""
         self._held, self._held_total = [], None
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "buffer"})
-        held = state_dict.get("held")
+        held = state_dict.get("buffer")
         if held is not None:
             data = TensorDict.from_dict(
                 held["data"], batch_size=held["batch_size"], device=self.device,
