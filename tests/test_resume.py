@@ -1,8 +1,9 @@
 """A stopped and resumed training run continues exactly as the uninterrupted run.
 
-Each test trains N batches in one go and, from the same run's checkpoint after K batches (the
-file a run stopped there leaves), resumes for the N - K others; then compares the two step by
-step. Tiny budgets (batches of 8 steps of 4 envs), so a task takes a few seconds.
+A run trains N batches in one go; from its checkpoint after K batches (the file a run stopped
+there leaves) a resume trains the N - K others; the two are compared step by step. Tiny
+budgets (batches of 8 steps of 4 envs), so a task takes a few seconds; the uninterrupted runs
+are shared by the tests of this module (resumes write into each test's own directory).
 """
 
 from __future__ import annotations
@@ -40,15 +41,33 @@ def _recorder() -> tuple[dict[int, TensorDictBase], Callable[[int, TensorDictBas
     return batches, record
 
 
-def _run(tmp_path: Path, overrides: Sequence[str]) -> tuple[Path, dict[int, TensorDictBase]]:
-    """The uninterrupted run (N batches, a checkpoint and an evaluation every K batches) and
-    its batches."""
-    run = tmp_path / "run"
+Run = tuple[Path, dict[int, TensorDictBase]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Run]:
+    """``runs(task, hierarchy)``: the uninterrupted run of that config (trained once)."""
+    done: dict[tuple[str, str], Run] = {}
+
+    def get(task: str, hierarchy: str) -> Run:
+        if (task, hierarchy) not in done:
+            directory = tmp_path_factory.mktemp(f"{task}-{hierarchy}")
+            done[task, hierarchy] = _run(directory, [f"task={task}", f"hierarchy={hierarchy}"])
+        return done[task, hierarchy]
+
+    return get
+
+
+def _run(directory: Path, overrides: Sequence[str]) -> Run:
+    """The uninterrupted run (N batches, a checkpoint with buffers and an evaluation every K
+    batches) and its batches."""
+    run = directory / "run"
     cfg = tiny(
         [
             *overrides, f"task.n_envs={ENVS}", f"collector.frames_per_batch={FRAMES}",
             f"total_frames={N * FRAMES}", f"checkpoint.every_frames={K * FRAMES}",
             f"eval.every_frames={K * FRAMES}", "eval.episodes=2", "checkpoint.keep=4",
+            "checkpoint.buffers=true",
         ],
         run,
         max_steps=6,  # episodes end before the stop and straddle batch boundaries
@@ -58,12 +77,17 @@ def _run(tmp_path: Path, overrides: Sequence[str]) -> tuple[Path, dict[int, Tens
     return run, batches
 
 
-def _resume(run: Path, frames: int) -> tuple[Path, dict[int, TensorDictBase]]:
-    """Resumes ``run`` from its checkpoint at ``frames`` for the rest of its budget; its run
-    directory and batches."""
-    overrides = [f"resume={run / 'checkpoints' / f'checkpoint_{frames:010d}.pt'}", "progress=false"]
+def _stop(run: Path) -> Path:
+    """The checkpoint ``run`` wrote after K batches."""
+    return run / "checkpoints" / f"checkpoint_{K * FRAMES:010d}.pt"
+
+
+def _resume(file: Path, out: Path, *overrides: str) -> Run:
+    """Resumes from checkpoint ``file`` into ``out`` for the rest of its budget; the resumed
+    run's directory and batches."""
+    overrides = (f"resume={file}", "progress=false", f"run_dir={out}", *overrides)
     batches, record = _recorder()
-    summary = train(compose_cfg(overrides), overrides=overrides, on_batch=record)
+    summary = train(compose_cfg(list(overrides)), overrides=overrides, on_batch=record)
     return Path(summary["run_dir"]), batches
 
 
@@ -107,15 +131,15 @@ def _filled(learner: Mapping[str, Any]) -> dict[str, Any]:
     "task, hierarchy",
     [("GridMaze-FourRooms", "options"), ("PointMaze-UMaze", "subgoals")],
 )
-def test_a_resumed_run_continues_exactly(tmp_path, task, hierarchy):
-    run, batches = _run(tmp_path, [f"task={task}", f"hierarchy={hierarchy}", "checkpoint.buffers=true"])
-    stop, _ = load_checkpoint(run / "checkpoints" / f"checkpoint_{K * FRAMES:010d}.pt")
+def test_a_resumed_run_continues_exactly(runs, tmp_path, task, hierarchy):
+    run, batches = runs(task, hierarchy)
+    stop, _ = load_checkpoint(_stop(run))
     # the stop falls mid-episode and mid-transition of the top level
     assert stop["collection"]["env"]["elapsed"].gt(0).any()
     assert stop["collection"]["carrier"]["hier", "steps"][..., 0].gt(0).any()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResumeWarning)  # an exact resume does not warn
-        resumed, resumed_batches = _resume(run, K * FRAMES)
+        resumed, resumed_batches = _resume(_stop(run), tmp_path / "resumed")
     # batch by batch, step by step: the same observations, actions, rewards, hierarchy state
     # (the levels' actions, which levels chose, their running transitions), trajectory ids
     assert sorted(resumed_batches) == [FRAMES * k for k in range(K + 1, N + 1)]
@@ -137,10 +161,25 @@ def test_a_resumed_run_continues_exactly(tmp_path, task, hierarchy):
         assert_same(whole[field], again[field], field)
 
 
-def test_without_saved_buffers_the_env_still_continues_but_the_resume_warns(tmp_path):
-    run, batches = _run(tmp_path, ["task=GridMaze-FourRooms", "hierarchy=options"])
+def _without(file: Path, out: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of checkpoint ``file`` at ``out``, changed by ``edit``."""
+    state = torch.load(file, weights_only=False)
+    edit(state)
+    torch.save(state, out)
+    return out
+
+
+def _drop_buffers(state: dict[str, Any]) -> None:
+    """What ``checkpoint.buffers=false`` leaves out."""
+    for learner in state["learners"].values():
+        del learner["buffer"]
+
+
+def test_without_saved_buffers_the_env_still_continues_but_the_resume_warns(runs, tmp_path):
+    run, batches = runs("GridMaze-FourRooms", "options")
+    file = _without(_stop(run), tmp_path / "no_buffers.pt", _drop_buffers)
     with pytest.warns(ResumeWarning, match=r"checkpoint\.buffers=false.*empty buffers") as record:
-        _, resumed = _resume(run, K * FRAMES)
+        _, resumed = _resume(file, tmp_path / "resumed")
     assert "new episodes" not in str(record[0].message)  # the env state was restored
     # the first batch after the stop does not depend on the buffers: the same steps
     first = (K + 1) * FRAMES
@@ -157,11 +196,11 @@ def test_without_saved_buffers_the_env_still_continues_but_the_resume_warns(tmp_
 def test_resuming_a_task_whose_state_cannot_be_saved_says_what_differs(
     tmp_path, task, hierarchy, reasons
 ):
-    run, _ = _run(tmp_path, [f"task={task}", f"hierarchy={hierarchy}", "checkpoint.buffers=true"])
-    stop, _ = load_checkpoint(run / "checkpoints" / f"checkpoint_{K * FRAMES:010d}.pt")
+    run, _ = _run(tmp_path, [f"task={task}", f"hierarchy={hierarchy}"])
+    stop, _ = load_checkpoint(_stop(run))
     assert sorted(stop["collection"]) == ["gaps"]  # nothing it could not restore is saved
     with pytest.warns(ResumeWarning) as record:
-        _, resumed = _resume(run, K * FRAMES)
+        _, resumed = _resume(_stop(run), tmp_path / "resumed")
     message = str(record[0].message)
     for reason in reasons:
         assert reason in message
@@ -170,29 +209,26 @@ def test_resuming_a_task_whose_state_cannot_be_saved_says_what_differs(
     assert sorted(resumed) == [FRAMES * k for k in range(K + 1, N + 1)]
 
 
-def test_older_and_foreign_checkpoint_formats(tmp_path):
-    """A format-1 checkpoint (no collection state) still resumes, with new episodes and a
-    warning saying why; an unknown format is refused, naming the formats read."""
-    run, _ = _run(tmp_path, ["task=GridMaze-FourRooms", "hierarchy=options", "checkpoint.buffers=true"])
-    file = run / "checkpoints" / f"checkpoint_{K * FRAMES:010d}.pt"
-    state = torch.load(file, weights_only=False)
+def _format_1(state: dict[str, Any]) -> None:
+    """A checkpoint as older versions wrote it: no collection state."""
     del state["collection"]
     state["format"] = FORMAT_1
-    old = tmp_path / "old.pt"
-    torch.save(state, old)
-    overrides = [f"resume={old}", "progress=false", f"run_dir={tmp_path / 'from_old'}"]
+
+
+def test_older_and_foreign_checkpoint_formats(runs, tmp_path):
+    """A format-1 checkpoint still resumes, with new episodes and a warning saying why; an
+    unknown format is refused, naming the formats read."""
+    run, _ = runs("GridMaze-FourRooms", "options")
+    old = _without(_stop(run), tmp_path / "old.pt", _format_1)
     with pytest.warns(ResumeWarning, match=r"format 'torchrl_hier\.train/1'.*new episodes"):
-        summary = train(compose_cfg(overrides), overrides=overrides)
-    assert summary["frames"] == N * FRAMES
-    state["format"] = "torchrl_hier.train/99"
-    torch.save(state, old)
-    with pytest.raises(CheckpointError, match=r"old\.pt: field 'format' is 'torchrl_hier\.train/99'"):
-        load_checkpoint(old)
+        _, resumed = _resume(old, tmp_path / "from_old")
+    assert sorted(resumed) == [FRAMES * k for k in range(K + 1, N + 1)]
+    foreign = _without(old, tmp_path / "foreign.pt", lambda state: state.update(format="x/9"))
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: field 'format' is 'x/9'"):
+        load_checkpoint(foreign)
 
 
-def test_resuming_with_another_number_of_envs_says_so(tmp_path):
-    run, _ = _run(tmp_path, ["task=GridMaze-FourRooms", "hierarchy=options", "checkpoint.buffers=true"])
-    file = run / "checkpoints" / f"checkpoint_{K * FRAMES:010d}.pt"
-    overrides = [f"resume={file}", "progress=false", "task.n_envs=8", "collector.frames_per_batch=64"]
+def test_resuming_with_another_number_of_envs_says_so(runs, tmp_path):
+    run, _ = runs("GridMaze-FourRooms", "options")
     with pytest.warns(ResumeWarning, match=r"4 env instances and this run task\.n_envs=8.*new episodes"):
-        train(compose_cfg(overrides), overrides=overrides)
+        _resume(_stop(run), tmp_path / "resumed", "task.n_envs=8", "collector.frames_per_batch=64")
