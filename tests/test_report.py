@@ -98,6 +98,13 @@ def test_runs_group_by_config_minus_seed_with_short_labels(tmp_path):
     assert Image.open(paths["png"]).size[0] > 600
 
 
+def test_configs_that_differ_beyond_their_overrides_get_numbered_labels(tmp_path):
+    for job in range(3):  # the same overrides, configs edited by hand: no override tells them apart
+        _fake_run(tmp_path / str(job), 0, [], [0.0, 1.0], config_extra=f"x: {job}\n")
+    labels = [g.label for g in group_runs(find_runs(tmp_path))]
+    assert labels == ["Maze / flat", "Maze / flat #2", "Maze / flat #3"]
+
+
 def test_sweep_errors_say_what_is_missing(tmp_path):
     with pytest.raises(ReportError, match="no folder there has a summary.json"):
         find_runs(tmp_path)

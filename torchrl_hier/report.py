@@ -138,13 +138,14 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A TorchRL ``CSVLogger`` scalar file (``step,value`` rows) as sorted steps and values;
-    a step logged twice keeps its last value (the final evaluation repeats the last one)."""
-    rows: dict[float, float] = {}
+    """A TorchRL ``CSVLogger`` scalar file (``step,value`` rows, steps in env frames) as sorted
+    steps and values; a step logged twice keeps its last value (the final evaluation repeats
+    the last one)."""
+    rows: dict[int, float] = {}
     with path.open(newline="") as file:
         for row in csv.reader(file):
             if row:
-                rows[float(row[0])] = float(row[1])
+                rows[int(float(row[0]))] = float(row[1])
     steps = np.array(sorted(rows))
     return steps, np.array([rows[s] for s in steps])
 
@@ -213,12 +214,13 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
                 "into this folder. Pass one sweep's directory, or remove the duplicates."
             )
     shared = set.intersection(*(set(m[0].overrides) for m in groups))
-    labels = []
+    labels, bases = [], []
     for members in groups:
         own = [o for o in members[0].overrides if o not in shared]
         config = members[0].config
-        label = " ".join(own) or f"{config.get('task.name')} / {config.get('hierarchy.name')}"
-        labels.append(label if label not in labels else f"{label} #{labels.count(label) + 1}")
+        bases.append(" ".join(own) or f"{config.get('task.name')} / {config.get('hierarchy.name')}")
+        same = bases.count(bases[-1])  # configs that differ beyond their overrides
+        labels.append(bases[-1] if same == 1 else f"{bases[-1]} #{same}")
     return sorted((Group(label, members) for label, members in zip(labels, groups)),
                   key=lambda g: g.label)
 
