@@ -194,26 +194,22 @@ class OnPolicyLearner(LevelLearner):
 
     def _minibatches(self, data: TensorDict) -> Iterator[TensorDictBase]:
         valid = data.get(TRAJECTORY_MASK)
-        # Every row's last transition ends the rollout there: GAE bootstraps it from its next
-        # observation and does not look past it, whatever its done flags say.
-        cut = valid & ~F.pad(valid[:, 1:], (0, 1), value=False)
         for _ in range(self.epochs):
-            flat = self.advantages(data, cut)[valid]
+            flat = self.advantages(data)[valid]
             order = torch.randperm(flat.shape[0], device=flat.device)
             yield from (flat[rows] for rows in order.split(self.batch_size))
 
     @torch.no_grad()
-    def advantages(self, trajectories: TensorDictBase, cut: Tensor | None = None) -> TensorDictBase:
+    def advantages(self, trajectories: TensorDictBase) -> TensorDictBase:
         """``trajectories`` (packed, ``[instances, T]``) with GAE's ``advantage`` and
         ``value_target`` (a shallow copy; the input is not modified), at the level's gamma per
-        env step and ``lmbda`` per transition. ``cut`` (bool ``[instances, T]``) marks
-        transitions after which the rollout is cut (bootstrapped, not looked past); default:
-        each row's last valid one. Losses without GAE get the trajectories unchanged."""
+        env step and ``lmbda`` per transition. Each row's last transition ends the rollout:
+        GAE bootstraps it from its next observation and does not look past it, whatever its
+        done flags say. Losses without GAE get the trajectories unchanged."""
         if self.advantage_module is None:
             return trajectories
-        if cut is None:
-            valid = trajectories.get(TRAJECTORY_MASK)
-            cut = valid & ~F.pad(valid[:, 1:], (0, 1), value=False)
+        valid = trajectories.get(TRAJECTORY_MASK)
+        cut = valid & ~F.pad(valid[:, 1:], (0, 1), value=False)
         view = trajectories.clone(False)
         done = view.get(("next", "done"))
         view.set(("next", "done"), done | cut.reshape(done.shape))
