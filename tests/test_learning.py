@@ -849,7 +849,8 @@ def test_train_config_compile_key():
 
     def compiled(*overrides: str) -> dict[str, bool]:
         with initialize_config_module("torchrl_hier.conf", version_base=None):
-            cfg = compose("config", overrides=["task.n_envs=2", *overrides])
+            cfg = compose("config", overrides=["task=GridMaze-FourRooms", "hierarchy=options",
+                                               "task.n_envs=2", *overrides])
         learners = build_experiment(cfg).learners
         return {name: learner.compile_options is not None for name, learner in learners.items()}
 

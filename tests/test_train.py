@@ -129,7 +129,7 @@ def test_ham_can_also_learn_the_task_choice():
 
 # ----------------------------------------------------------------------------- resume
 def _first_run(tmp_path: Path):
-    cfg = tiny(["hierarchy=options"], tmp_path)
+    cfg = tiny(["task=GridMaze-FourRooms", "hierarchy=options"], tmp_path)
     return cfg, train(cfg)
 
 
@@ -356,7 +356,8 @@ def test_bad_devices_fail_before_any_work(tmp_path):
 
 
 def test_bad_config_values_name_the_key(tmp_path):
-    cfg = compose_cfg(["hierarchy.levels.primitive.algorithm=td3", f"run_dir={tmp_path}"])
+    cfg = compose_cfg(["task=GridMaze-FourRooms", "hierarchy=options",
+                       "hierarchy.levels.primitive.algorithm=td3", f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"hierarchy\.levels\.primitive\.algorithm='td3'.*\['dqn', 'ppo', 'a2c'\]"):
         train(cfg)
     cfg = compose_cfg(["task=CartPole-v1", "hierarchy=subgoals", f"run_dir={tmp_path}"])

@@ -441,6 +441,9 @@ def _summary(
         "train_return_last": window_rate(history, "return_sum", 0.1, True, settle),
         "eval": final,
         "baseline_exploring": next((h["baseline"] for h in history if "baseline" in h), None),
+        # where the flat agent stands on this task, as measured (the task config's note)
+        "baseline_flat": OmegaConf.to_container(cfg.task.baseline_flat)
+        if cfg.task.get("baseline_flat") is not None else None,
         "levels": {
             name: {
                 "transitions": raw_counts[name],

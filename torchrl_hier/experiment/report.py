@@ -105,6 +105,23 @@ def plot_learning_curve(
     return path
 
 
+def _flat_note(flat: Mapping[str, Any]) -> str:
+    """Where the flat agent stands on the task: the task config's ``baseline_flat`` (its greedy
+    success, ``{mean, min, max}`` over ``seeds``, at ``total_frames``; how it was measured)."""
+    success = flat.get("success_rate")
+    if isinstance(success, Mapping):
+        success = f"{_fmt(success.get('mean'))} (min {_fmt(success.get('min'))}, max {_fmt(success.get('max'))})"
+    seeds = flat.get("seeds")
+    line = (
+        f"Flat baseline on this task: `hierarchy={flat.get('hierarchy', 'flat')}"
+        + (f" {flat['overrides']}" if flat.get("overrides") else "")
+        + f"` reaches greedy success {_fmt(success)}"
+        + (f" over seeds {', '.join(map(str, seeds))}" if seeds else "")
+        + f" at {_fmt(flat.get('total_frames'))} frames"
+    )
+    return line + (f"; {flat['note']}" if flat.get("note") else "") + "."
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -139,6 +156,9 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> tuple[Path
         lines.append(
             f"| level {name} | {level['transitions']} transitions, {level['updates']} updates |"
         )
+    flat = summary.get("baseline_flat")
+    if flat:
+        lines += ["", _flat_note(flat)]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     md_path = run_dir / "summary.md"
     md_path.write_text("\n".join(lines))
