@@ -241,7 +241,9 @@ def test_resume_errors_name_the_file_and_the_field(tmp_path):
         train(compose_cfg(overrides), overrides=overrides)
     overrides = [f"resume={run}", "hierarchy.levels.option.n_options=3"]
     with pytest.raises(CheckpointError, match=r"field config\.hierarchy\.levels\.option\.n_options"):
-        train(compose_cfg(overrides), overrides=overrides)
+        # composed over the run's hierarchy (the default's has no option level)
+        train(compose_cfg(["task=GridMaze-FourRooms", "hierarchy=options", *overrides]),
+              overrides=overrides)
     # parameters that do not fit the config's hierarchy
     state = torch.load(last, weights_only=False)
     key = next(k for k in state["policy"] if k.endswith("weight"))
@@ -324,7 +326,7 @@ def test_cli_unknown_key_gets_hydra_error_and_valid_keys(tmp_path):
 
 def test_train_log_holds_the_summary_line_and_errors(tmp_path):
     run = tmp_path / "run"
-    result = _run_cli([*FAST, "hierarchy=flat", f"run_dir={run}"], tmp_path)
+    result = _run_cli([*FAST, "task=GridMaze-FourRooms", "hierarchy=flat", f"run_dir={run}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[torchrl_hier.train] GridMaze" in (run / "train.log").read_text()
     bad = tmp_path / "bad"
@@ -411,12 +413,14 @@ def test_multirun_over_two_seeds(tmp_path):
 
 @pytest.mark.slow  # spawns worker processes twice (~40 s on 2 busy cores)
 def test_multi_sync_collector(tmp_path):
-    cfg = tiny(["hierarchy=options", "collector=multi_sync", "collector.num_workers=2"], tmp_path)
+    cfg = tiny(["task=GridMaze-FourRooms", "hierarchy=options", "collector=multi_sync",
+                "collector.num_workers=2"], tmp_path)
     summary = train(cfg)
     assert summary["frames"] == 256 and summary["collector"] == "multi_sync"
     assert all(level["updates"] > 0 for level in summary["levels"].values())
     # the workers act with the weights (and exploration state) of the main process's policy
-    exp = build_experiment(tiny(["hierarchy=flat", "collector=multi_sync"], tmp_path / "sync"))
+    exp = build_experiment(tiny(["task=GridMaze-FourRooms", "hierarchy=flat", "collector=multi_sync"],
+                                tmp_path / "sync"))
     collector = make_collector(exp.cfg, exp, total_frames=64 * 3)
     batches = iter(collector)
     assert next(batches)["action"].unique().numel() > 1  # epsilon = 1: random moves

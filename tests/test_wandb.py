@@ -17,7 +17,7 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     ``.wandb`` file holds the logged scalars and the run's config."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # the logger must pick the run dir
-    summary = train(tiny(["hierarchy=flat", "logger=wandb"], tmp_path / "run"))
+    summary = train(tiny(["task=GridMaze-FourRooms", "hierarchy=flat", "logger=wandb"], tmp_path / "run"))
     (run,) = Path(summary["run_dir"]).glob("wandb/offline-run-*")
     (data,) = run.glob("run-*.wandb")
     content = data.read_bytes()
