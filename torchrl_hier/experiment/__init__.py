@@ -4,12 +4,13 @@ collector), checkpoints and end-of-run reports, shared by ``torchrl_hier.train``
 
 from torchrl_hier.experiment.builders import (
     COLLECTORS,
-    KINDS,
+    LEGACY_LEVEL_TARGETS,
     ConfigError,
     Experiment,
     TransitionPipeline,
     build_experiment,
     build_levels,
+    upgrade_config,
     episode_stats,
     make_collector,
     make_task_env,
@@ -31,12 +32,13 @@ from torchrl_hier.experiment.report import plot_learning_curve, write_summary
 
 __all__ = [
     "COLLECTORS",
-    "KINDS",
+    "LEGACY_LEVEL_TARGETS",
     "ConfigError",
     "Experiment",
     "TransitionPipeline",
     "build_experiment",
     "build_levels",
+    "upgrade_config",
     "episode_stats",
     "make_collector",
     "make_task_env",

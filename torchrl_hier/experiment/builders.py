@@ -12,81 +12,86 @@ any ``DictConfig``/dict shaped like ``torchrl_hier/conf``::
         exp.learners.extend(data)
         exp.learners.update()
 
-A hierarchy config lists its levels, highest first, as a mapping ``name -> level config``; each
-level has a ``kind`` (:data:`KINDS`), an ``algorithm`` and its learner settings. A config with
-``kind: ham`` builds a HAM instead (the Taxi machines of :mod:`torchrl_hier.ham.taxi`).
+The configs name their factories with Hydra's ``_target_``, and Hydra's ``instantiate`` binds
+their config values (``_partial_: true``); this module calls the results with the run-time
+objects. A hierarchy lists its levels, highest first, as a mapping ``name -> level config``:
+each level's ``_target_`` is its family's factory (``LevelContext -> LevelParts``, e.g.
+:func:`~torchrl_hier.levels.options.option_from_config`), and its ``learner`` block's the
+learner's (:func:`~torchrl_hier.learning.from_config.learner_from_config`). A hierarchy with a
+``_target_`` of its own builds the whole experiment (the Taxi HAM,
+:func:`~torchrl_hier.ham.taxi.taxi_ham_from_config`). The task's ``_target_`` makes its env
+(:func:`~torchrl_hier.envs.make_env`). Configs saved before ``_target_`` (with ``kind:`` and
+``task.factory``) are translated by :func:`upgrade_config`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector
-from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
-from torchrl.objectives import LossModule
 
 from torchrl_hier.collectors import MultiSyncCollector
-from torchrl_hier.control import Timeout
-from torchrl_hier.envs import make_env
+from torchrl_hier.errors import ConfigError
 from torchrl_hier.hierarchy import Hierarchy, usable_device
-from torchrl_hier.learning import HierarchyLearner, LevelLearner, OnPolicyLearner
-from torchrl_hier.level import Level
-from torchrl_hier.levels import (
-    GoalReward,
-    GoalSlot,
-    HindsightGoals,
-    LevelEpisodes,
-    SubgoalSpace,
-    actor_critic_head,
-    anneal_exploration,
-    dqn_head,
-    goal_conditioned_level,
-    option_conditioned_level,
-    option_level,
-    option_spec,
-    subgoal_level,
-    subgoal_transitions,
-)
-from torchrl_hier.levels import ON_POLICY_ALGORITHMS, on_policy_level
+from torchrl_hier.learning import HierarchyLearner
+from torchrl_hier.levels import LevelEpisodes, anneal_exploration
+from torchrl_hier.levels.from_config import LevelContext, LevelParts, as_container
 from torchrl_hier.transitions import level_trajectories, level_transitions
 
 __all__ = [
-    "KINDS",
+    "LEGACY_LEVEL_TARGETS",
+    "LEARNER_TARGET",
+    "TASK_TARGET",
     "COLLECTORS",
     "Experiment",
     "TransitionPipeline",
     "ConfigError",
     "resolve_device",
+    "upgrade_config",
+    "configured",
     "make_task_env",
     "build_levels",
+    "build_learner",
     "build_experiment",
     "compile_learners",
     "make_collector",
     "episode_stats",
-    "taxi_env",
 ]
 
-#: Level kinds a hierarchy config may use.
-KINDS = ("flat", "option", "option_conditioned", "subgoal", "goal_conditioned")
+#: Configs saved before ``_target_`` named a level's family with ``kind:``; the factory each
+#: kind was (kept only to load and resume those checkpoints: new families need no entry).
+LEGACY_LEVEL_TARGETS = {
+    "flat": "torchrl_hier.levels.basic.flat_from_config",
+    "option": "torchrl_hier.levels.options.option_from_config",
+    "option_conditioned": "torchrl_hier.levels.options.option_conditioned_from_config",
+    "subgoal": "torchrl_hier.levels.subgoals.subgoal_from_config",
+    "goal_conditioned": "torchrl_hier.levels.subgoals.goal_conditioned_from_config",
+}
+#: The ready-made learner factory (a ``learner`` block's ``_target_``; the default of old configs).
+LEARNER_TARGET = "torchrl_hier.learning.from_config.learner_from_config"
+#: The env factory of the built-in and gymnasium tasks (the default of old task configs).
+TASK_TARGET = "torchrl_hier.envs.make_env"
+#: The Taxi HAM and its task: old configs' ``hierarchy.kind: ham`` and ``task.factory``.
+HAM_TARGET = "torchrl_hier.ham.taxi.taxi_ham_from_config"
+TAXI_TASK_TARGET = "torchrl_hier.ham.taxi.taxi_task"
+_LEGACY_TASK_FACTORIES = {"torchrl_hier.experiment.builders:taxi_env": TAXI_TASK_TARGET}
 #: Collector names (``collector.name``): TorchRL's ``Collector`` (ex-``SyncDataCollector``),
 #: ``MultiSyncCollector`` (ex-``MultiSyncDataCollector``) and ``RayCollector``.
 COLLECTORS = ("sync", "multi_sync", "ray")
 #: The entry where the env's episode return is summed (TorchRL's ``RewardSum``).
 EPISODE_RETURN = "episode_reward"
 SUCCESS = "is_success"
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the config key and how to fix it."""
-
 
 # ----------------------------------------------------------------------------- devices
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -114,42 +119,89 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     )
 
 
+
+# ----------------------------------------------------------------------------- configs
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the ``_target_`` of every factory: a copy, translated from the format of
+    checkpoints saved before ``_target_`` (``kind:`` per level, ``hierarchy.kind: ham``,
+    ``task.factory``, learner blocks without ``_target_``) by :data:`LEGACY_LEVEL_TARGETS`;
+    a config that has them comes back equal."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(cfg, False)
+    task, hierarchy = cfg.get("task"), cfg.get("hierarchy")
+    if task is not None and "_target_" not in task:
+        factory = task.pop("factory", None)
+        task._target_ = _LEGACY_TASK_FACTORIES.get(factory, str(factory).replace(":", ".")) if factory else TASK_TARGET
+    if hierarchy is None:
+        return cfg
+    if hierarchy.get("kind") == "ham" and "_target_" not in hierarchy:
+        hierarchy.pop("kind")
+        hierarchy._target_, hierarchy._partial_ = HAM_TARGET, True
+    blocks = hierarchy.get("levels") or hierarchy.get("choice_points") or {}
+    for name, block in blocks.items():
+        kind = block.get("kind")
+        if "_target_" not in block and kind is not None:
+            if kind not in LEGACY_LEVEL_TARGETS:
+                raise ConfigError(
+                    f"hierarchy.levels.{name}.kind={kind!r} is not a level kind of older configs "
+                    f"({list(LEGACY_LEVEL_TARGETS)}); name its factory with _target_ instead."
+                )
+            block.pop("kind")
+            block._target_, block._partial_ = LEGACY_LEVEL_TARGETS[kind], True
+        learner = block.get("learner")
+        if learner is None:
+            block.learner = {"_target_": LEARNER_TARGET, "_partial_": True}
+        elif "_target_" not in learner:
+            learner._target_, learner._partial_ = LEARNER_TARGET, True
+    return cfg
+
+
+def configured(node: Mapping[str, Any], where: str, **instantiate_kwargs: Any) -> functools.partial:
+    """The factory ``node['_target_']`` names with the node's values bound, by Hydra's
+    ``instantiate(node, _partial_=True)``: to be called with the run-time objects. A missing
+    or unimportable ``_target_`` and keys the factory does not take raise a
+    :class:`ConfigError` naming ``where``."""
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not target:
+        raise ConfigError(
+            f"{where} has no _target_: name the factory that builds it (e.g. "
+            f"{LEGACY_LEVEL_TARGETS['option']})."
+        )
+    try:
+        factory = instantiate(node, _partial_=True, **instantiate_kwargs)
+    except InstantiationException as err:
+        raise ConfigError(f"{where}._target_={target!r} cannot be built: {err}") from None
+    parameters = inspect.signature(factory.func).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(factory.keywords) - set(parameters))
+        if unknown:
+            valid = sorted(
+                k for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+            )
+            raise ConfigError(
+                f"{where} has unknown keys {unknown} for its factory {target}; valid: {valid}."
+            )
+    return factory
+
+
 # ----------------------------------------------------------------------------- task
-def _container(node: Any) -> Any:
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def make_task_env(
     task: Mapping[str, Any], n_envs: int, device: torch.device | str, seed: int
 ) -> EnvBase:
-    """The task ``task.name`` (built-in name or gymnasium id) with ``n_envs`` instances."""
-    kwargs = dict(_container(task.get("kwargs")) or {})
+    """The task ``task.name`` with ``n_envs`` instances, made by the factory ``task._target_``
+    (default :func:`~torchrl_hier.envs.make_env`: a built-in name or gymnasium id) from
+    ``(name, batch_size=, device=, seed=, **task.kwargs)``."""
     if not (isinstance(n_envs, int) and n_envs >= 1):
         raise ConfigError(f"task.n_envs must be a positive int, got {n_envs!r}.")
-    factory = task.get("factory")
-    if factory:
-        return _import(factory, "task.factory")(
-            batch_size=torch.Size([n_envs]), device=torch.device(device), seed=seed, **kwargs
-        )
+    kwargs = dict(as_container(task.get("kwargs")) or {})
+    node = {"_target_": task.get("_target_") or TASK_TARGET, "name": task["name"], **kwargs}
+    factory = configured(node, "task")
     try:
-        return make_env(task["name"], batch_size=[n_envs], device=device, seed=seed, **kwargs)
+        return factory(batch_size=torch.Size([n_envs]), device=torch.device(device), seed=seed)
     except TypeError as err:
         raise ConfigError(
             f"task.kwargs={kwargs} do not fit task {task['name']!r}: {err}. Fix or remove them."
         ) from err
-
-
-def _import(path: str, key: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function."""
-    import importlib
-
-    module, _, attr = str(path).partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}={path!r} is not an importable 'module:function': {err}") from err
 
 
 def _spec_dim(env: EnvBase, key: str = "observation") -> int:
@@ -168,159 +220,16 @@ def _spec_dim(env: EnvBase, key: str = "observation") -> int:
     return int(shape[0])
 
 
-def _goal_space(task: Mapping[str, Any], where: str, relative: bool = False) -> SubgoalSpace:
-    goal = task.get("goal")
-    if goal is None:
-        raise ConfigError(
-            f"{where} needs subgoals, but task {task['name']!r} has no 'goal' block (achieved-goal "
-            "indices, bounds, tolerance). Pick a goal task (task=GridMaze-FourRooms, "
-            "task=PointMaze-UMaze, ...) or add task.goal."
-        )
-    low, high = goal["low"], goal["high"]
-    if relative:
-        span = [h - l for l, h in zip(_as_list(low, goal), _as_list(high, goal))]
-        scale = float(goal.get("relative_range", 0.5))
-        low, high = [-scale * s for s in span], [scale * s for s in span]
-    return SubgoalSpace(tuple(goal["indices"]), low, high, relative=relative)
-
-
-def _norm(task: Mapping[str, Any]) -> float:
-    """The distance norm of goal checks (``task.goal.norm``: 2, or ``.inf`` for "same cell")."""
-    return float(task["goal"].get("norm", 2.0))
-
-
-def _as_list(value: Any, goal: Mapping[str, Any]) -> list[float]:
-    n = len(goal["indices"])
-    value = _container(value)
-    return list(value) if isinstance(value, (list, tuple)) else [float(value)] * n
-
-
 # ----------------------------------------------------------------------------- levels
-@dataclass
-class LevelParts:
-    """One built level: its :class:`Level`, its loss, and how its transitions are prepared."""
-
-    level: Level
-    loss: LossModule
-    config: Mapping[str, Any]
-    process: Callable[[TensorDictBase], TensorDictBase] | None = None
-    episodic: bool = False
-    on_policy: bool = False  # learns from its trajectories (algorithm ppo / a2c)
-
-
-def _hidden(lcfg: Mapping[str, Any]) -> tuple[int, ...]:
-    return tuple(int(h) for h in _container(lcfg.get("hidden", (64, 64))))
-
-
-def _explore(lcfg: Mapping[str, Any]) -> dict[str, Any]:
-    ex = dict(_container(lcfg.get("exploration")) or {})
-    return {
-        "eps_init": float(ex.get("eps_init", 1.0)),
-        "eps_end": float(ex.get("eps_end", 0.05)),
-        "annealing_num_steps": int(ex.get("annealing_num_steps", 10_000)),
-        "noise_std": float(ex.get("noise_std", 0.1)),
-    }
-
-
-def _check_algorithm(
-    name: str, algorithm: str | None, spec: TensorSpec, options: tuple[str, ...]
-) -> str:
-    """The level's algorithm (``auto``/None: the first of ``options``), checked to fit."""
-    if algorithm in (None, "auto"):
-        return options[0]
-    if algorithm not in options:
-        kind = "discrete" if isinstance(spec, (Categorical, OneHot)) else "continuous"
-        raise ConfigError(
-            f"hierarchy.levels.{name}.algorithm={algorithm!r} does not fit its {kind} actions "
-            f"({type(spec).__name__}); choose one of {list(options)} (or auto)."
-        )
-    return algorithm
-
-
-def _algorithms(spec: TensorSpec, option_level: bool = False) -> tuple[str, ...]:
-    if isinstance(spec, (Categorical, OneHot)):
-        return (("dqn", "sac") if option_level else ("dqn",)) + ON_POLICY_ALGORITHMS
-    if isinstance(spec, Bounded):
-        return ("td3", "sac") + ON_POLICY_ALGORITHMS
-    raise ConfigError(
-        f"The task's action spec {type(spec).__name__} is neither discrete (Categorical/OneHot) "
-        "nor Bounded; the ready-made levels cannot act in it."
-    )
-
-
-def _env_goal_hindsight(part: LevelParts, task: Mapping[str, Any]) -> LevelParts:
-    """HER on the env's own goal for a level rewarded by the env (``hindsight_k > 0`` on a
-    task with a ``goal`` block): copies of its transitions with the goal in the observation
-    replaced by positions reached later, rewarded and terminated as the env would have."""
-    k = int(part.config.get("hindsight_k", 0) or 0)
-    goal = task.get("goal")
-    if k <= 0 or goal is None or goal.get("desired_indices") is None:
-        return part
-    name = part.level.name
-    reward = GoalReward(
-        _goal_space(task, f"hierarchy.levels.{name}"), float(goal["tolerance"]),
-        goal=GoalSlot.observation(tuple(goal["desired_indices"])),
-        reached=float(goal.get("reached", 1.0)), not_reached=float(goal.get("not_reached", 0.0)),
-        norm=_norm(task),
-    )
-    part.process = HindsightGoals(
-        reward, gamma=part.level.gamma, k=k,
-        strategy=part.config.get("hindsight_strategy", "future"), level=name,
-    )
-    part.episodic = True
-    return part
-
-
-def _on_policy(
-    name: str, lcfg: Mapping[str, Any], task: Mapping[str, Any], obs_dim: int, spec: TensorSpec,
-    algorithm: str, device, **kwargs: Any,
-) -> LevelParts:
-    """An on-policy level (:func:`on_policy_level`, ``algorithm`` ppo or a2c), learning from its
-    own trajectories."""
-    if int(lcfg.get("hindsight_k", 0) or 0) > 0 and task.get("goal") is not None:
-        raise ConfigError(
-            f"hierarchy.levels.{name}.algorithm={algorithm!r} learns on-policy from its own "
-            "trajectories, but hindsight_k > 0 asks for relabelled (off-policy) copies of its "
-            f"transitions: set hierarchy.levels.{name}.hindsight_k=0."
-        )
-    level, loss = on_policy_level(
-        name, obs_dim, spec, algorithm=algorithm, hidden=_hidden(lcfg),
-        gamma=float(lcfg.get("gamma", 0.99)),
-        clip_epsilon=float(lcfg.get("clip_epsilon", 0.2)),
-        entropy_coeff=float(lcfg.get("entropy_coeff", 0.01)),
-        critic_coeff=float(lcfg.get("critic_coeff", 0.5)), device=device, **kwargs,
-    )
-    return LevelParts(level, loss, lcfg, on_policy=True)
-
-
-def _flat_level(name, lcfg, task, obs_dim, env_spec, device) -> LevelParts:
-    algorithm = _check_algorithm(name, lcfg.get("algorithm"), env_spec, _algorithms(env_spec))
-    if algorithm in ON_POLICY_ALGORITHMS:
-        return _on_policy(name, lcfg, task, obs_dim, env_spec, algorithm, device)
-    ex = _explore(lcfg)
-    gamma = float(lcfg.get("gamma", 0.99))
-    if algorithm == "dqn":
-        policy, _, loss = dqn_head(
-            obs_dim, env_spec, hidden=_hidden(lcfg), gamma=gamma, eps_init=ex["eps_init"],
-            eps_end=ex["eps_end"], annealing_num_steps=ex["annealing_num_steps"], device=device,
-        )
-    else:
-        policy, _, loss = actor_critic_head(
-            obs_dim, env_spec, algorithm=algorithm, hidden=_hidden(lcfg), gamma=gamma,
-            noise_std=ex["noise_std"], annealing_num_steps=ex["annealing_num_steps"],
-            device=device,
-        )
-    return LevelParts(Level(name, policy, gamma=gamma), loss, lcfg)
-
-
 def build_levels(
     hierarchy_cfg: Mapping[str, Any],
     task: Mapping[str, Any],
     env: EnvBase,
     device: torch.device,
 ) -> list[LevelParts]:
-    """The levels of ``hierarchy_cfg.levels`` (highest first), with their losses and
-    transition processing, for ``env`` (which must be the untransformed task env)."""
+    """The levels of ``hierarchy_cfg.levels`` (highest first), each built by its
+    ``_target_`` factory from a :class:`~torchrl_hier.levels.from_config.LevelContext`, with
+    their losses and transition processing, for ``env`` (the untransformed task env)."""
     levels_cfg = hierarchy_cfg.get("levels")
     if not levels_cfg:
         raise ConfigError("hierarchy.levels is empty; a hierarchy needs at least one level.")
@@ -328,178 +237,24 @@ def build_levels(
     obs_dim = _spec_dim(env)
     env_spec = env.full_action_spec_unbatched[env.action_key]
     parts: list[LevelParts] = []
-    n = len(names)
     for i, name in enumerate(names):
-        lcfg = levels_cfg[name]
-        kind = lcfg.get("kind")
         where = f"hierarchy.levels.{name}"
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.kind={kind!r} is not a level kind; choose one of {list(KINDS)}.")
-        lowest = i == n - 1
-        parent = parts[-1] if parts else None
-        parent_kind = None if parent is None else parent.config.get("kind")
-        ex = _explore(lcfg)
-        gamma = float(lcfg.get("gamma", 0.99))
-        algorithm = lcfg.get("algorithm")
-        if kind == "flat":
-            if n != 1:
-                raise ConfigError(f"{where}.kind='flat' is for a one-level hierarchy; this one has {n}.")
-            parts.append(_env_goal_hindsight(_flat_level(name, lcfg, task, obs_dim, env_spec, device), task))
-        elif kind == "option":
-            if lowest:
-                raise ConfigError(f"{where}.kind='option' emits options, so it cannot be the lowest level.")
-            if parent is not None:
-                raise ConfigError(
-                    f"{where}.kind='option' must be the top level; below another level use "
-                    "kind='option_conditioned' with n_options."
-                )
-            n_options = int(lcfg.get("n_options", 4))
-            spec = option_spec(n_options)
-            algorithm = _check_algorithm(name, algorithm, spec, _algorithms(spec, option_level=True))
-            if algorithm in ON_POLICY_ALGORITHMS:
-                parts.append(_on_policy(name, lcfg, task, obs_dim, spec, algorithm, device, lowest=False))
-                continue
-            level, loss = option_level(
-                name, obs_dim, n_options, algorithm=algorithm, hidden=_hidden(lcfg), gamma=gamma,
-                eps_init=ex["eps_init"], eps_end=ex["eps_end"],
-                annealing_num_steps=ex["annealing_num_steps"], device=device,
+        node = {k: v for k, v in levels_cfg[name].items() if k != "learner"}
+        make = configured(node, where, _convert_="all")
+        ctx = LevelContext(
+            name=name, index=i, n_levels=len(names), task=task, env=env, obs_dim=obs_dim,
+            env_spec=env_spec, device=device, above=parts[-1] if parts else None,
+        )
+        part = make(ctx)
+        if not isinstance(part, LevelParts):
+            raise ConfigError(
+                f"{where}._target_={node['_target_']!r} returned {type(part).__name__}; a level "
+                "factory returns LevelParts."
             )
-            parts.append(_env_goal_hindsight(LevelParts(level, loss, lcfg), task))
-        elif kind == "option_conditioned":
-            if parent_kind not in ("option", "option_conditioned"):
-                raise ConfigError(
-                    f"{where}.kind='option_conditioned' needs an option level above it "
-                    f"(kind 'option' or 'option_conditioned'), got {parent_kind!r}."
-                )
-            parent_options = parent.level.action_spec.space.n
-            spec = env_spec if lowest else option_spec(int(lcfg.get("n_options", 4)))
-            algorithm = _check_algorithm(name, algorithm, spec, _algorithms(spec))
-            timeout = lcfg.get("timeout", 8)
-            if algorithm in ON_POLICY_ALGORITHMS:
-                if timeout is None:
-                    raise ConfigError(
-                        f"{where}.timeout=null: an on-policy option-conditioned level ends its "
-                        "options by timeout; give it a number of its steps."
-                    )
-                parts.append(_on_policy(
-                    name, lcfg, task, obs_dim, spec, algorithm, device, parent_dim=parent_options,
-                    lowest=lowest, control=Timeout(int(timeout)),
-                ))
-                continue
-            level, loss = option_conditioned_level(
-                name, obs_dim, parent_options, spec, algorithm=algorithm,
-                timeout=None if timeout is None else int(timeout), hidden=_hidden(lcfg),
-                gamma=gamma, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
-                annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
-                lowest=lowest, device=device,
-            )
-            parts.append(_env_goal_hindsight(LevelParts(level, loss, lcfg), task))
-        elif kind == "subgoal":
-            parts.append(_subgoal(name, lcfg, task, env, obs_dim, parent, lowest, device))
-        else:  # goal_conditioned
-            parts.append(_goal_conditioned(name, lcfg, task, env, obs_dim, env_spec, parent, lowest, device))
+        parts.append(part)
     return parts
 
-
-def _subgoal(name, lcfg, task, env, obs_dim, parent, lowest, device) -> LevelParts:
-    where = f"hierarchy.levels.{name}"
-    if lowest:
-        raise ConfigError(f"{where}.kind='subgoal' emits subgoals, so it cannot be the lowest level.")
-    space = _goal_space(task, where, relative=bool(lcfg.get("relative", False)))
-    algorithm = _check_algorithm(name, lcfg.get("algorithm"), space.spec, ("td3", "sac"))
-    ex = _explore(lcfg)
-    gamma = float(lcfg.get("gamma", 0.99))
-    tolerance = float(lcfg.get("tolerance", task["goal"]["tolerance"]))
-    norm = _norm(task)
-    goal_space, goals = None, None
-    k = int(lcfg.get("hindsight_k", 4))
-    strategy = lcfg.get("hindsight_strategy", "future")
-    if parent is not None:
-        if parent.config.get("kind") != "subgoal":
-            raise ConfigError(f"{where}.kind='subgoal' below the top needs a subgoal level above it.")
-        goal_space = _goal_space(task, where, relative=False)
-        goals = HindsightGoals(
-            GoalReward(goal_space, tolerance, goal=GoalSlot.parent(goal_space.dim), norm=norm),
-            gamma=gamma, strategy=strategy, k=k, level=name,
-        )
-    elif task["goal"].get("desired_indices") is not None and k > 0:
-        # the top level pursues the env's goal: relabel it with achieved positions, with the
-        # env's own sparse reward (task.goal.reached / not_reached)
-        desired = tuple(task["goal"]["desired_indices"])
-        goals = HindsightGoals(
-            GoalReward(
-                _goal_space(task, where), float(task["goal"]["tolerance"]),
-                goal=GoalSlot.observation(desired),
-                reached=float(task["goal"].get("reached", 1.0)),
-                not_reached=float(task["goal"].get("not_reached", 0.0)),
-                norm=norm,
-            ),
-            gamma=gamma, strategy=strategy, k=k, level=name,
-        )
-    level, loss = subgoal_level(
-        name, obs_dim, space, algorithm=algorithm,
-        test_probability=float(lcfg.get("test_probability", 0.3)), goal_space=goal_space,
-        tolerance=tolerance if goal_space is not None else None,
-        horizon=None if goal_space is None else int(lcfg.get("horizon", 8)), norm=norm,
-        hidden=_hidden(lcfg), gamma=gamma, noise_std=ex["noise_std"],
-        annealing_num_steps=ex["annealing_num_steps"], device=device,
-    )
-    penalty = lcfg.get("penalty")
-    process = functools.partial(
-        subgoal_transitions, space=space, tolerance=tolerance,
-        penalty=None if penalty is None else float(penalty), goals=goals, norm=norm, level=name,
-    )
-    return LevelParts(level, loss, lcfg, process=process, episodic=True)
-
-
-def _goal_conditioned(name, lcfg, task, env, obs_dim, env_spec, parent, lowest, device) -> LevelParts:
-    where = f"hierarchy.levels.{name}"
-    if parent is None or parent.config.get("kind") != "subgoal":
-        raise ConfigError(f"{where}.kind='goal_conditioned' needs a subgoal level right above it.")
-    if not lowest:
-        raise ConfigError(
-            f"{where}.kind='goal_conditioned' must be the lowest level; a middle level pursuing "
-            "subgoals is kind='subgoal' below another subgoal level."
-        )
-    goal_space = _goal_space(task, where)
-    algorithm = _check_algorithm(name, lcfg.get("algorithm"), env_spec, _algorithms(env_spec))
-    ex = _explore(lcfg)
-    gamma = float(lcfg.get("gamma", 0.99))
-    tolerance = float(lcfg.get("tolerance", task["goal"]["tolerance"]))
-    reached, not_reached = float(lcfg.get("reached", 0.0)), float(lcfg.get("not_reached", -1.0))
-    norm = _norm(task)
-    observation = lcfg.get("observation", "full")
-    obs_map, obs_shape, own_space = None, None, goal_space
-    if observation == "achieved":
-        # the level sees only its achieved goal (e.g. its position): what it needs to reach a
-        # subgoal, and it generalises across env goals it does not pursue
-        obs_map, obs_shape = goal_space.achieved, (goal_space.dim,)
-        own_space = SubgoalSpace(tuple(range(goal_space.dim)), goal_space.low, goal_space.high)
-        obs_dim = goal_space.dim
-    elif observation != "full":
-        raise ConfigError(f"{where}.observation={observation!r}; choose 'full' or 'achieved'.")
-    level, loss = goal_conditioned_level(
-        name, obs_dim, env_spec, own_space, tolerance=tolerance,
-        horizon=None if lcfg.get("horizon") is None else int(lcfg["horizon"]),
-        algorithm=algorithm, reached=reached, not_reached=not_reached, norm=norm,
-        hidden=_hidden(lcfg), gamma=gamma, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
-        annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
-        obs_map=obs_map, obs_shape=obs_shape, lowest=True, device=device,
-    )
-    goals = HindsightGoals(
-        GoalReward(own_space, tolerance, reached=reached, not_reached=not_reached, norm=norm),
-        gamma=gamma, strategy=lcfg.get("hindsight_strategy", "future"),
-        k=int(lcfg.get("hindsight_k", 4)), level=name,
-    )
-    return LevelParts(level, loss, lcfg, process=goals, episodic=True)
-
-
 # ----------------------------------------------------------------------------- learners
-_LEARNER_KEYS = (
-    "lr", "batch_size", "buffer_size", "warmup", "update_ratio", "target_update", "tau",
-    "period", "max_grad_norm", "optimizer", "compile",
-)
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 #: ``compile: auto`` compiles the lowest level's learner in runs of at least this many
 #: frames: a compiled gradient step is ~2x faster on small networks, but its warm-up (~10-40 s
 #: per learner on CPU) only pays off over thousands of steps, which higher levels (one
@@ -517,42 +272,6 @@ def compile_learners(cfg: Mapping[str, Any], lowest: bool = True) -> bool:
     if isinstance(value, bool):
         return value
     raise ConfigError(f"compile={value!r}; choose true, false or auto.")
-
-
-#: Learner settings of on-policy levels (:class:`OnPolicyLearner`).
-_ON_POLICY_LEARNER_KEYS = (
-    "lr", "batch_size", "epochs", "lmbda", "min_transitions", "max_grad_norm", "optimizer",
-    "compile",
-)
-
-
-def _learner(
-    name: str, loss: LossModule, lcfg: Mapping[str, Any], storage_device: torch.device,
-    where: str, compile: bool = False, on_policy: bool = False, **kwargs: Any,
-) -> LevelLearner:
-    settings = dict(_container(lcfg.get("learner")) or {})
-    valid = _ON_POLICY_LEARNER_KEYS if on_policy else _LEARNER_KEYS
-    unknown = sorted(set(settings) - set(valid))
-    if unknown:
-        kind = f"an on-policy ({lcfg.get('algorithm')}) " if on_policy else ""
-        raise ConfigError(
-            f"{where}.{name}.learner has unknown keys {unknown} for {kind}level; valid: "
-            f"{list(valid)}."
-        )
-    optimizer = settings.pop("optimizer", "adam")
-    if optimizer not in _OPTIMIZERS:
-        raise ConfigError(
-            f"{where}.{name}.learner.optimizer={optimizer!r}; choose one of {list(_OPTIMIZERS)}."
-        )
-    compile = settings.pop("compile", compile)
-    if not isinstance(compile, bool):
-        raise ConfigError(f"{where}.{name}.learner.compile={compile!r}; choose true or false.")
-    lr = float(settings.pop("lr", 1e-3))
-    learner = OnPolicyLearner if on_policy else LevelLearner
-    return learner(
-        loss, device=storage_device, compile=compile,
-        optimizer=functools.partial(_OPTIMIZERS[optimizer], lr=lr), **settings, **kwargs,
-    )
 
 
 class TransitionPipeline:
@@ -604,11 +323,23 @@ class TransitionPipeline:
             self.episodes.load_state_dict(episodes, self.hierarchy.device)
 
 
+def build_learner(
+    node: Mapping[str, Any] | None, where: str, loss: Any, storage: torch.device,
+    compile_default: bool, **kwargs: Any,
+) -> Any:
+    """The learner the ``learner`` block ``node`` names with ``_target_``, for ``loss``, its
+    buffers on ``storage``; ``kwargs`` (the level, ``on_policy``...) go to its factory."""
+    if node is None:
+        raise ConfigError(f"{where} is missing: give the level a learner block with a _target_.")
+    make = configured(node, where)
+    return make(loss, where=where, device=storage, compile_default=compile_default, **kwargs)
+
+
 # ----------------------------------------------------------------------------- experiment
 @dataclass
 class Experiment:
     """Everything :mod:`torchrl_hier.train` and :mod:`torchrl_hier.evaluate` run, built from
-    one config: a :class:`Hierarchy` of levels, or a HAM (``hierarchy.kind: ham``)."""
+    one config: a :class:`Hierarchy` of levels, or a HAM (``hierarchy=ham``)."""
 
     cfg: DictConfig
     device: torch.device
@@ -663,24 +394,34 @@ class Experiment:
 
 
 def build_experiment(cfg: DictConfig, *, n_envs: int | None = None, seed: int | None = None) -> Experiment:
-    """Env (``task.n_envs`` instances, or ``n_envs``), levels, hierarchy (or HAM), learners and
-    transition pipeline."""
+    """Env (``task.n_envs`` instances, or ``n_envs``), levels, hierarchy (or the experiment a
+    hierarchy's own ``_target_`` builds, e.g. a HAM), learners and transition pipeline. Old
+    configs are translated first (:func:`upgrade_config`)."""
+    cfg = upgrade_config(cfg)
     device = resolve_device(cfg.device)
     seed = int(cfg.seed if seed is None else seed)
     env = make_task_env(cfg.task, int(n_envs or cfg.task.n_envs), device, seed)
     buffer_device = cfg.get("buffer_device")
     storage = device if buffer_device in (None, "same") else resolve_device(buffer_device)
     has_success = SUCCESS in env.observation_spec.keys()
-    if cfg.hierarchy.get("kind") == "ham":
-        return _build_ham_experiment(cfg, device, env, storage, has_success)
+    if "_target_" in cfg.hierarchy:
+        make = configured(cfg.hierarchy, "hierarchy", _recursive_=False)
+        exp = make(cfg, device=device, env=env, storage=storage, has_success=has_success)
+        if not isinstance(exp, Experiment):
+            raise ConfigError(
+                f"hierarchy._target_={cfg.hierarchy._target_!r} returned {type(exp).__name__}; a "
+                "hierarchy factory returns an Experiment."
+            )
+        return exp
     parts = build_levels(cfg.hierarchy, cfg.task, env, device)
     hierarchy = Hierarchy([p.level for p in parts], env, device=device)
     learners = HierarchyLearner(
         {
-            p.level.name: _learner(
-                p.level.name, p.loss, p.config, storage, "hierarchy.levels",
+            p.level.name: build_learner(
+                cfg.hierarchy.levels[p.level.name].get("learner"),
+                f"hierarchy.levels.{p.level.name}.learner", p.loss, storage,
                 # minibatches of on-policy levels vary in size: compile them only when asked
-                compile=compile_learners(cfg, lowest=i == len(parts) - 1 and not p.on_policy),
+                compile_default=compile_learners(cfg, lowest=i == len(parts) - 1 and not p.on_policy),
                 on_policy=p.on_policy, level=p.level,
             )
             for i, p in enumerate(parts)
@@ -690,72 +431,6 @@ def build_experiment(cfg: DictConfig, *, n_envs: int | None = None, seed: int | 
     return Experiment(
         cfg, device, env, learners, {p.level.name: p.level.policy for p in parts},
         TransitionPipeline(hierarchy, parts), hierarchy=hierarchy, parts=parts,
-        has_success=has_success,
-    )
-
-
-# ----------------------------------------------------------------------------- HAMs
-def taxi_env(batch_size: torch.Size, device: torch.device, seed: int | None = None) -> EnvBase:
-    """``Taxi-v4`` instances as one batched TorchRL env for the Taxi HAM (CPU only)."""
-    from torchrl_hier.ham.taxi import make_taxi_env
-
-    if torch.device(device).type != "cpu":
-        raise ConfigError("The Taxi task steps gymnasium envs on the CPU; use device=cpu.")
-    if len(batch_size) != 1:
-        raise ConfigError(f"The Taxi task takes a 1-D batch (task.n_envs), got {tuple(batch_size)}.")
-    return make_taxi_env(int(batch_size[0]), seed=seed)
-
-
-def _build_ham_experiment(cfg, device, env, storage, has_success) -> Experiment:
-    """The Taxi HAM of :mod:`torchrl_hier.ham.taxi` (get/put/navigate machines; the ``nav``
-    choice point learns the moves, ``task`` optionally the get/put choice), with tabular
-    Q values learnt by ``DQNLoss`` (semi-MDP: it discounts by ``gamma**steps_to_next_obs``)."""
-    from torchrl.objectives import DQNLoss, ValueEstimators
-
-    from torchrl_hier.ham.taxi import N_STATES, q_table, taxi_ham
-
-    hcfg = cfg.hierarchy
-    where = "hierarchy.choice_points"
-    if hcfg.get("machine") != "taxi":
-        raise ConfigError(
-            f"hierarchy.machine={hcfg.get('machine')!r}: the HAM configs know the 'taxi' machine "
-            "(torchrl_hier.ham.taxi)."
-        )
-    if cfg.task.get("factory") != "torchrl_hier.experiment.builders:taxi_env":
-        raise ConfigError(
-            f"hierarchy=ham runs the Taxi HAM, which needs task=Taxi-v4 (got task {cfg.task.name!r})."
-        )
-    if device.type != "cpu":
-        raise ConfigError("hierarchy=ham runs machine code per env instance on the CPU; use device=cpu.")
-    points_cfg = hcfg.choice_points
-    learn_task = bool(hcfg.get("learn_task", False))
-    tables = {}
-    for name, rows, actions, n_args in (("nav", N_STATES, 4, 4), ("task", 5, 2, None)):
-        if name == "task" and not learn_task:
-            continue
-        pcfg = points_cfg[name]
-        ex = _explore(pcfg)
-        tables[name] = q_table(
-            rows, actions, n_args, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
-            annealing_num_steps=ex["annealing_num_steps"],
-        )
-    gamma = float(points_cfg.nav.get("gamma", 0.99))
-    ham = taxi_ham(env, tables["nav"].policy, tables["task"].policy if learn_task else None, gamma=gamma)
-    learners = {}
-    for name, table in tables.items():
-        loss = DQNLoss(table.actor, action_space="categorical", delay_value=False, loss_function="l2")
-        loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
-        learners[name] = _learner(
-            name, loss, points_cfg[name], storage, where,
-            compile=compile_learners(cfg, lowest=False), gamma=gamma,
-        )
-
-    def pipeline(batch: TensorDictBase) -> dict[str, TensorDictBase]:
-        return {k: v for k, v in ham.transitions(batch).items() if v.shape[0] > 0}
-
-    return Experiment(
-        cfg, device, env, HierarchyLearner(learners),
-        {name: table.policy for name, table in tables.items()}, pipeline, ham=ham,
         has_success=has_success,
     )
 
@@ -787,7 +462,7 @@ def _worker_env_factories(
             f"collector.frames_per_batch={frames_per_batch} must be a multiple of "
             f"collector.num_workers={workers}."
         )
-    task = _container(cfg.task)
+    task = as_container(cfg.task)
     return [
         functools.partial(
             _transformed_env, task, n_envs // workers, str(exp.device), seed + 10_007 * i,

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import BaseCollector, Collector
 
 from torchrl_hier.envs import GridMaze, PointMaze
-from torchrl_hier.experiment.builders import Experiment
+from torchrl_hier.experiment.builders import Experiment, upgrade_config
 
 __all__ = [
     "FORMAT",
@@ -319,8 +319,9 @@ def resume_config(
     cfg: DictConfig, ckpt: Mapping[str, Any], file: Path, overrides: Sequence[str] = ()
 ) -> DictConfig:
     """The config a resumed run uses: the checkpoint's, with this invocation's command-line
-    ``overrides`` applied (budgets, logging, learner settings...). Overrides of the task or
-    the hierarchy's structure that differ from the checkpoint raise, naming the field."""
+    ``overrides`` applied (budgets, logging, learner settings...), in the ``_target_`` format
+    (:func:`~torchrl_hier.experiment.builders.upgrade_config`). Overrides of the task or the
+    hierarchy's structure that differ from the checkpoint raise, naming the field."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     saved = OmegaConf.create(ckpt["config"])
@@ -328,6 +329,7 @@ def resume_config(
         raise CheckpointError(
             f"Checkpoint file {file}: field 'config' is not a training config (no task/hierarchy)."
         )
+    saved = upgrade_config(saved)  # a config of the older `kind:` format, with _target_s
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     for override in parsed:
         key = override.key_or_group

@@ -19,7 +19,9 @@ Machine functions are module-level, so HAMs built here pickle to collector worke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import torch
@@ -32,9 +34,15 @@ from torchrl.envs import EnvBase, GymWrapper
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, ValueEstimators
 
+from torchrl_hier.errors import ConfigError
 from torchrl_hier.ham.ham import HAM
 
+if TYPE_CHECKING:
+    from torchrl_hier.experiment.builders import Experiment
+
 __all__ = [
+    "taxi_task",
+    "taxi_ham_from_config",
     "LOCATIONS",
     "N_STATES",
     "decode",
@@ -260,3 +268,86 @@ def flat_ham(env: EnvBase, policy, gamma: float = 0.99, **ham_kwargs) -> HAM:
     ham.functional_machine(flat_root)
     ham.set_root(flat_root)
     return ham
+
+
+# ----------------------------------------------------------------------------- configs
+def taxi_task(
+    name: str, batch_size: torch.Size, device: torch.device, seed: int | None = None
+) -> EnvBase:
+    """The ``_target_`` of ``task=Taxi-v4``: ``Taxi-v4`` instances as one batched TorchRL env
+    (:func:`make_taxi_env`, CPU only) for the Taxi HAM."""
+    if name != "Taxi-v4":
+        raise ConfigError(f"task.name={name!r}: the Taxi task factory makes Taxi-v4 only.")
+    if torch.device(device).type != "cpu":
+        raise ConfigError("The Taxi task steps gymnasium envs on the CPU; use device=cpu.")
+    if len(batch_size) != 1:
+        raise ConfigError(f"The Taxi task takes a 1-D batch (task.n_envs), got {tuple(batch_size)}.")
+    return make_taxi_env(int(batch_size[0]), seed=seed)
+
+
+def taxi_ham_from_config(
+    cfg: Mapping[str, Any],
+    *,
+    device: torch.device,
+    env: EnvBase,
+    storage: torch.device,
+    has_success: bool,
+    choice_points: Mapping[str, Any],
+    name: str = "ham",
+    machine: str = "taxi",
+    learn_task: bool = False,
+) -> Experiment:
+    """The ``_target_`` of ``hierarchy=ham``: the Taxi HAM (get/put/navigate machines; the
+    ``nav`` choice point learns the moves, ``task`` optionally the get/put choice), with
+    tabular Q values learnt by ``DQNLoss`` (semi-MDP: it discounts by
+    ``gamma**steps_to_next_obs``), each choice point's learner built from its ``learner``
+    block."""
+    from torchrl_hier.experiment.builders import (
+        TAXI_TASK_TARGET,
+        Experiment,
+        build_learner,
+        compile_learners,
+    )
+    from torchrl_hier.learning import HierarchyLearner
+    from torchrl_hier.levels.from_config import exploration_settings
+
+    if machine != "taxi":
+        raise ConfigError(
+            f"hierarchy.machine={machine!r}: the HAM configs know the 'taxi' machine "
+            "(torchrl_hier.ham.taxi)."
+        )
+    if cfg["task"].get("_target_") != TAXI_TASK_TARGET:
+        raise ConfigError(
+            f"hierarchy={name} runs the Taxi HAM, which needs task=Taxi-v4 (got task "
+            f"{cfg['task']['name']!r})."
+        )
+    if device.type != "cpu":
+        raise ConfigError(f"hierarchy={name} runs machine code per env instance on the CPU; use device=cpu.")
+    tables = {}
+    for point, rows, actions, n_args in (("nav", N_STATES, 4, 4), ("task", 5, 2, None)):
+        if point == "task" and not learn_task:
+            continue
+        ex = exploration_settings(choice_points[point].get("exploration"))
+        tables[point] = q_table(
+            rows, actions, n_args, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
+            annealing_num_steps=ex["annealing_num_steps"],
+        )
+    gamma = float(choice_points["nav"].get("gamma", 0.99))
+    ham = taxi_ham(env, tables["nav"].policy, tables["task"].policy if learn_task else None, gamma=gamma)
+    learners = {}
+    for point, table in tables.items():
+        loss = DQNLoss(table.actor, action_space="categorical", delay_value=False, loss_function="l2")
+        loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
+        learners[point] = build_learner(
+            choice_points[point].get("learner"), f"hierarchy.choice_points.{point}.learner", loss,
+            storage, compile_default=compile_learners(cfg, lowest=False), gamma=gamma,
+        )
+
+    def pipeline(batch: TensorDictBase) -> dict[str, TensorDictBase]:
+        return {k: v for k, v in ham.transitions(batch).items() if v.shape[0] > 0}
+
+    return Experiment(
+        cfg, device, env, HierarchyLearner(learners),
+        {point: table.policy for point, table in tables.items()}, pipeline, ham=ham,
+        has_success=has_success,
+    )

@@ -21,13 +21,25 @@ Options: ``option_level(name, obs_dim, K)`` above ``option_conditioned_level(nam
 env.action_spec_unbatched, timeout=H, termination=OptionTermination(obs_dim, K))``; their
 transitions feed their losses directly.
 
+Configs: each ready-made family has a factory ``*_from_config(ctx: LevelContext, **config)
+-> LevelParts`` that the Hydra configs name with ``_target_`` (``flat_from_config``,
+``option_from_config``, ``option_conditioned_from_config``, ``subgoal_from_config``,
+``goal_conditioned_from_config``); a new family is one more such function and a YAML file.
+
 On-policy: ``on_policy_level(name, obs_dim, spec, algorithm="ppo")`` at any level (an option
 spec above the lowest), learnt by ``OnPolicyLearner`` from ``hierarchy.trajectories(batch)``; option-critic:
 ``option_critic_levels(obs_dim, K, env.action_spec_unbatched)`` (an epsilon-greedy option level
 over ``Q_Omega``, intra-option policies with termination heads, and their ``OptionCriticLoss``).
 """
 
-from torchrl_hier.levels.basic import ConstantPolicy, SpecRandomPolicy, constant_level, random_level
+from torchrl_hier.levels.basic import (
+    ConstantPolicy,
+    SpecRandomPolicy,
+    constant_level,
+    flat_from_config,
+    random_level,
+)
+from torchrl_hier.levels.from_config import LevelContext, LevelParts
 from torchrl_hier.levels.goals import (
     AchievedGoal,
     CommandedGoal,
@@ -56,7 +68,9 @@ from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS, on_policy_head, 
 from torchrl_hier.levels.options import (
     OptionTermination,
     OptionTerminationLoss,
+    option_conditioned_from_config,
     option_conditioned_level,
+    option_from_config,
     option_level,
     option_spec,
 )
@@ -72,9 +86,11 @@ from torchrl_hier.levels.parts import (
     exploration_modules,
 )
 from torchrl_hier.levels.subgoals import (
+    goal_conditioned_from_config,
     goal_conditioned_level,
     goal_control,
     subgoal_action_spec,
+    subgoal_from_config,
     subgoal_level,
 )
 
@@ -83,6 +99,9 @@ __all__ = [
     "SpecRandomPolicy",
     "constant_level",
     "random_level",
+    "flat_from_config",
+    "LevelContext",
+    "LevelParts",
     "AchievedGoal",
     "CommandedGoal",
     "GoalReward",
@@ -113,6 +132,8 @@ __all__ = [
     "option_conditioned_level",
     "option_level",
     "option_spec",
+    "option_from_config",
+    "option_conditioned_from_config",
     "GreedyWhenTested",
     "InputNet",
     "LatticeSubgoal",
@@ -126,4 +147,6 @@ __all__ = [
     "goal_control",
     "subgoal_action_spec",
     "subgoal_level",
+    "subgoal_from_config",
+    "goal_conditioned_from_config",
 ]

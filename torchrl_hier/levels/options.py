@@ -11,8 +11,9 @@ of its steps and, optionally, when a learned termination head says so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -24,7 +25,20 @@ from torchrl.modules import OneHotCategorical, ProbabilisticActor, ValueOperator
 from torchrl.objectives import DiscreteSACLoss, LossModule, ValueEstimators
 
 from torchrl_hier.control import LevelStep, ModuleRule, ReturnControlRule, Timeout
+from torchrl_hier.errors import ConfigError
 from torchrl_hier.level import OBSERVATION, PARENT_ACTION, Level
+from torchrl_hier.levels.from_config import (
+    ACTIONS,
+    OPTIONS,
+    LevelContext,
+    LevelParts,
+    algorithms,
+    check_algorithm,
+    env_goal_hindsight,
+    exploration_settings,
+    on_policy_parts,
+)
+from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS
 from torchrl_hier.levels.parts import InputNet, conditioned_head, dqn_head, mlp
 
 __all__ = [
@@ -33,6 +47,8 @@ __all__ = [
     "OptionTermination",
     "OptionTerminationLoss",
     "option_spec",
+    "option_from_config",
+    "option_conditioned_from_config",
 ]
 
 
@@ -342,3 +358,97 @@ def option_conditioned_level(
         gamma=gamma,
     )
     return level, loss
+
+
+def option_from_config(
+    ctx: LevelContext,
+    *,
+    algorithm: str | None = "dqn",
+    n_options: int = 4,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+    hindsight_k: int = 0,
+    hindsight_strategy: str = "future",
+    clip_epsilon: float = 0.2,
+    entropy_coeff: float = 0.01,
+    critic_coeff: float = 0.5,
+) -> LevelParts:
+    """The top level of an option hierarchy (config family ``option``): picks one of
+    ``n_options`` with DQN, discrete SAC, PPO or A2C whenever the level below hands back."""
+    if ctx.lowest:
+        raise ConfigError(f"{ctx.where} is an option level: it emits options, so it cannot be the lowest level.")
+    if ctx.above is not None:
+        raise ConfigError(
+            f"{ctx.where} is an option level, which must be the top level; below another "
+            "level use option_conditioned_from_config with n_options."
+        )
+    spec = option_spec(int(n_options))
+    algorithm = check_algorithm(ctx.where, algorithm, spec, algorithms(spec, option_level=True))
+    if algorithm in ON_POLICY_ALGORITHMS:
+        return on_policy_parts(
+            ctx, spec, algorithm, hidden=hidden, gamma=gamma, hindsight_k=hindsight_k,
+            clip_epsilon=clip_epsilon, entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
+            emits=OPTIONS, lowest=False,
+        )
+    ex = exploration_settings(exploration)
+    level, loss = option_level(
+        ctx.name, ctx.obs_dim, int(n_options), algorithm=algorithm, hidden=tuple(hidden),
+        gamma=float(gamma), eps_init=ex["eps_init"], eps_end=ex["eps_end"],
+        annealing_num_steps=ex["annealing_num_steps"], device=ctx.device,
+    )
+    part = LevelParts(level, loss, emits=OPTIONS)
+    return env_goal_hindsight(part, ctx, hindsight_k, hindsight_strategy)
+
+
+def option_conditioned_from_config(
+    ctx: LevelContext,
+    *,
+    algorithm: str | None = "auto",
+    timeout: int | None = 8,
+    n_options: int = 4,
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+    hindsight_k: int = 0,
+    hindsight_strategy: str = "future",
+    clip_epsilon: float = 0.2,
+    entropy_coeff: float = 0.01,
+    critic_coeff: float = 0.5,
+) -> LevelParts:
+    """A level below an option level (config family ``option_conditioned``), conditioned on
+    its option for ``timeout`` of its own steps: env actions when lowest, else sub-options
+    (``n_options``) for the option-conditioned level below."""
+    above = ctx.above
+    if above is None or above.emits != OPTIONS:
+        raise ConfigError(
+            f"{ctx.where} is option-conditioned, so it needs an option level above it "
+            f"(option_from_config or option_conditioned_from_config), got "
+            f"{'none' if above is None else 'a level emitting ' + above.emits}."
+        )
+    parent_options = above.level.action_spec.space.n
+    spec = ctx.env_spec if ctx.lowest else option_spec(int(n_options))
+    emits = ACTIONS if ctx.lowest else OPTIONS
+    algorithm = check_algorithm(ctx.where, algorithm, spec, algorithms(spec))
+    if algorithm in ON_POLICY_ALGORITHMS:
+        if timeout is None:
+            raise ConfigError(
+                f"{ctx.where}.timeout=null: an on-policy option-conditioned level ends its "
+                "options by timeout; give it a number of its steps."
+            )
+        return on_policy_parts(
+            ctx, spec, algorithm, hidden=hidden, gamma=gamma, hindsight_k=hindsight_k,
+            clip_epsilon=clip_epsilon, entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
+            emits=emits, parent_dim=parent_options, lowest=ctx.lowest,
+            control=Timeout(int(timeout)),
+        )
+    ex = exploration_settings(exploration)
+    level, loss = option_conditioned_level(
+        ctx.name, ctx.obs_dim, parent_options, spec, algorithm=algorithm,
+        timeout=None if timeout is None else int(timeout), hidden=tuple(hidden),
+        gamma=float(gamma), eps_init=ex["eps_init"], eps_end=ex["eps_end"],
+        annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
+        lowest=ctx.lowest, device=ctx.device,
+    )
+    part = LevelParts(level, loss, emits=emits)
+    return env_goal_hindsight(part, ctx, hindsight_k, hindsight_strategy)

@@ -22,7 +22,9 @@ subgoal back in the space's frame); the level below through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -33,7 +35,18 @@ from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
 
 from torchrl_hier.control import GoalReached, LevelStep, ReturnControlRule, Timeout
+from torchrl_hier.errors import ConfigError
 from torchrl_hier.level import PARENT_ACTION, Level
+from torchrl_hier.levels.from_config import (
+    SUBGOALS,
+    LevelContext,
+    LevelParts,
+    algorithms,
+    check_algorithm,
+    exploration_settings,
+    goal_norm,
+    goal_space,
+)
 from torchrl_hier.levels.goals import (
     AchievedGoal,
     CommandedGoal,
@@ -42,6 +55,7 @@ from torchrl_hier.levels.goals import (
     SubgoalSpace,
     check_goal_env,
 )
+from torchrl_hier.levels.hindsight import HindsightGoals, subgoal_transitions
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -52,7 +66,14 @@ from torchrl_hier.levels.parts import (
     dqn_head,
 )
 
-__all__ = ["subgoal_level", "goal_conditioned_level", "subgoal_action_spec", "goal_control"]
+__all__ = [
+    "subgoal_level",
+    "goal_conditioned_level",
+    "subgoal_action_spec",
+    "goal_control",
+    "subgoal_from_config",
+    "goal_conditioned_from_config",
+]
 
 
 def subgoal_action_spec(space: SubgoalSpace) -> TensorSpec:
@@ -358,3 +379,130 @@ def goal_conditioned_level(
         gamma=gamma,
     )
     return level, loss
+
+
+def subgoal_from_config(
+    ctx: LevelContext,
+    *,
+    algorithm: str | None = "td3",
+    relative: bool = False,
+    test_probability: float = 0.3,
+    penalty: float | None = None,
+    horizon: int = 8,
+    tolerance: float | None = None,
+    hindsight_k: int = 4,
+    hindsight_strategy: str = "future",
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+) -> LevelParts:
+    """A HAC subgoal level (config family ``subgoal``) proposing positions in the task's goal
+    space (TD3 or SAC). At the top it pursues the env goal (relabelled with HER when
+    ``hindsight_k > 0``); below another subgoal level it pursues that level's subgoal for
+    ``horizon`` of its own subgoals. Its transitions go through ``subgoal_transitions``."""
+    where = ctx.where
+    if ctx.lowest:
+        raise ConfigError(f"{where} is a subgoal level: it emits subgoals, so it cannot be the lowest level.")
+    task = ctx.task
+    space = goal_space(task, where, relative=bool(relative))
+    algorithm = check_algorithm(where, algorithm, space.spec, ("td3", "sac"))
+    ex = exploration_settings(exploration)
+    gamma = float(gamma)
+    tolerance = float(task["goal"]["tolerance"] if tolerance is None else tolerance)
+    norm = goal_norm(task)
+    own_goal_space, goals = None, None
+    k = int(hindsight_k)
+    if ctx.above is not None:
+        if ctx.above.emits != SUBGOALS:
+            raise ConfigError(f"{where} is a subgoal level below the top, so it needs a subgoal level above it.")
+        own_goal_space = goal_space(task, where, relative=False)
+        goals = HindsightGoals(
+            GoalReward(own_goal_space, tolerance, goal=GoalSlot.parent(own_goal_space.dim), norm=norm),
+            gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name,
+        )
+    elif task["goal"].get("desired_indices") is not None and k > 0:
+        # the top level pursues the env's goal: relabel it with achieved positions, with the
+        # env's own sparse reward (task.goal.reached / not_reached)
+        goals = HindsightGoals(
+            GoalReward(
+                goal_space(task, where), float(task["goal"]["tolerance"]),
+                goal=GoalSlot.observation(tuple(task["goal"]["desired_indices"])),
+                reached=float(task["goal"].get("reached", 1.0)),
+                not_reached=float(task["goal"].get("not_reached", 0.0)),
+                norm=norm,
+            ),
+            gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name,
+        )
+    level, loss = subgoal_level(
+        ctx.name, ctx.obs_dim, space, algorithm=algorithm,
+        test_probability=float(test_probability), goal_space=own_goal_space,
+        tolerance=tolerance if own_goal_space is not None else None,
+        horizon=None if own_goal_space is None else int(horizon), norm=norm,
+        hidden=tuple(hidden), gamma=gamma, noise_std=ex["noise_std"],
+        annealing_num_steps=ex["annealing_num_steps"], device=ctx.device,
+    )
+    process = functools.partial(
+        subgoal_transitions, space=space, tolerance=tolerance,
+        penalty=None if penalty is None else float(penalty), goals=goals, norm=norm,
+        level=ctx.name,
+    )
+    return LevelParts(level, loss, process=process, episodic=True, emits=SUBGOALS)
+
+
+def goal_conditioned_from_config(
+    ctx: LevelContext,
+    *,
+    algorithm: str | None = "auto",
+    observation: str = "full",
+    horizon: int | None = None,
+    tolerance: float | None = None,
+    reached: float = 0.0,
+    not_reached: float = -1.0,
+    hindsight_k: int = 4,
+    hindsight_strategy: str = "future",
+    hidden: Sequence[int] = (64, 64),
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+) -> LevelParts:
+    """The lowest level of a subgoal hierarchy (config family ``goal_conditioned``): acts in
+    the env to reach the subgoal above within ``horizon`` steps, rewarded ``not_reached`` per
+    step and ``reached`` on reaching it, with hindsight goals (``HindsightGoals``).
+    ``observation: achieved`` shows it only its achieved goal (e.g. its position)."""
+    where = ctx.where
+    if ctx.above is None or ctx.above.emits != SUBGOALS:
+        raise ConfigError(f"{where} is goal-conditioned, so it needs a subgoal level right above it.")
+    if not ctx.lowest:
+        raise ConfigError(
+            f"{where} is goal-conditioned, which must be the lowest level; a middle level "
+            "pursuing subgoals is a subgoal level below another subgoal level."
+        )
+    task, env_spec = ctx.task, ctx.env_spec
+    space = goal_space(task, where)
+    algorithm = check_algorithm(where, algorithm, env_spec, algorithms(env_spec))
+    ex = exploration_settings(exploration)
+    gamma = float(gamma)
+    tolerance = float(task["goal"]["tolerance"] if tolerance is None else tolerance)
+    reached, not_reached = float(reached), float(not_reached)
+    norm = goal_norm(task)
+    obs_dim, obs_map, obs_shape, own_space = ctx.obs_dim, None, None, space
+    if observation == "achieved":
+        # the level sees only its achieved goal (e.g. its position): what it needs to reach a
+        # subgoal, and it generalises across env goals it does not pursue
+        obs_map, obs_shape = space.achieved, (space.dim,)
+        own_space = SubgoalSpace(tuple(range(space.dim)), space.low, space.high)
+        obs_dim = space.dim
+    elif observation != "full":
+        raise ConfigError(f"{where}.observation={observation!r}; choose 'full' or 'achieved'.")
+    level, loss = goal_conditioned_level(
+        ctx.name, obs_dim, env_spec, own_space, tolerance=tolerance,
+        horizon=None if horizon is None else int(horizon),
+        algorithm=algorithm, reached=reached, not_reached=not_reached, norm=norm,
+        hidden=tuple(hidden), gamma=gamma, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
+        annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
+        obs_map=obs_map, obs_shape=obs_shape, lowest=True, device=ctx.device,
+    )
+    goals = HindsightGoals(
+        GoalReward(own_space, tolerance, reached=reached, not_reached=not_reached, norm=norm),
+        gamma=gamma, strategy=hindsight_strategy, k=int(hindsight_k), level=ctx.name,
+    )
+    return LevelParts(level, loss, process=goals, episodic=True)
