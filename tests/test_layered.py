@@ -681,6 +681,41 @@ def test_bad_input_errors():
         RandomHierarchy(gym.make("CartPole-v1"), "cpu")
 
 
+@pytest.mark.parametrize(
+    "as_input",
+    [
+        pytest.param(lambda a: a.astype(a.dtype.newbyteorder(">")), id="big-endian"),
+        pytest.param(lambda a: a[::-1].copy()[::-1], id="negative-strides"),
+        pytest.param(lambda a: np.asfortranarray(a), id="fortran-order"),
+        pytest.param(lambda a: a.tolist(), id="list"),
+        pytest.param(lambda a: a.astype(np.float64) if a.dtype.kind == "f" else a, id="float64"),
+        pytest.param(lambda a: a.astype(np.int64) if a.dtype.kind == "b" else a, id="int-flags"),
+    ],
+)
+def test_numpy_inputs_of_any_layout_give_the_transitions_of_tensors(as_input):
+    """However the env's arrays come (dtype, byte order, strides, lists), the hierarchy sees
+    the same values as when given torch tensors."""
+    outs = []
+    for convert in (torch.as_tensor, as_input):
+        env = cartpoles(3)
+        hierarchy, _, _ = two_level_cartpole(env, learn=False)
+        obs, _ = env.reset(seed=0)
+        hierarchy.reset()
+        steps = []
+        for _ in range(12):
+            action = hierarchy.get_action(convert(obs))
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            ours = hierarchy.process_transition(
+                convert(obs), convert(reward), convert(terminated), convert(truncated)
+            )
+            steps.append({name: ours[name].clone() for name in hierarchy.names})
+        outs.append(steps)
+    assert any(len(step[name]) for step in outs[0] for name in step)
+    for ours, theirs in zip(*outs):
+        for name in ours:
+            assert (ours[name] == theirs[name]).all()
+
+
 def test_learner_whose_loss_keys_do_not_match_the_level():
     env = cartpoles(2)
     low = q_level("low", 4, 2)

@@ -393,17 +393,27 @@ def complete_transitions(
     prev_completed = state.completed
     steps, returns = accumulate(state.steps, state.returns, rewards, gammas, restart=prev_completed)
 
-    # A level takes control when its parent chooses, i.e. when the parent completed last step.
-    took_control = F.pad(prev_completed[..., :-1], (1, 0))
-    count = state.count.masked_fill(took_control, 0)
     n = len(levels)
-    completed = [done] * n
-    completed[-1] = torch.ones_like(done)
-    for i in range(n - 1, 0, -1):
-        info = infos[i]
-        info.count = count[..., i] + completed[i]
-        completed[i - 1] = (completed[i] & levels[i].control(info)) | done
-    completed = torch.stack(completed, dim=-1)
+    if n == 1:
+        # The only level completes a transition with every env step and never hands control.
+        completed = torch.ones_like(prev_completed)
+        count = state.count
+    else:
+        # A level takes control when its parent chooses, i.e. when the parent completed last
+        # step.
+        took_control = F.pad(prev_completed[..., :-1], (1, 0))
+        count = state.count.masked_fill(took_control, 0)
+        completed = [done] * n
+        completed[-1] = torch.ones_like(done)
+        for i in range(n - 1, 0, -1):
+            info = infos[i]
+            if i == n - 1:  # the lowest level completes with every env step
+                info.count = count[..., i] + 1
+                completed[i - 1] = levels[i].control(info) | done
+            else:
+                info.count = count[..., i] + completed[i]
+                completed[i - 1] = (completed[i] & levels[i].control(info)) | done
+        completed = torch.stack(completed, dim=-1)
     return HierarchyState(
         completed, steps, returns, count + completed, state.actions, state.observations,
         state.records,

@@ -53,8 +53,9 @@ def accumulate(
 
     Returns ``(steps, returns)`` after the step, in the dtype of ``returns``.
     """
-    steps = steps.masked_fill(restart, 0) + 1
-    discount = gammas.pow(steps - 1)
+    before = steps.masked_fill(restart, 0)
+    discount = gammas.pow(before)
+    steps = before + 1
     if discount.dtype != reward.dtype:
         discount = discount.to(reward.dtype)
     new_returns = torch.addcmul(returns.masked_fill(restart, 0), discount, reward)
@@ -67,4 +68,7 @@ def accumulate(
 
 def masked_where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """``torch.where`` with a batch mask broadcast over the trailing dims of ``new``."""
-    return torch.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
+    extra = new.ndim - mask.ndim
+    if extra:
+        mask = mask.reshape(mask.shape + (1,) * extra)
+    return torch.where(mask, new, old)
