@@ -39,7 +39,10 @@ from torchrl_hier.levels.goals import SubgoalSpace
 from torchrl_hier.smdp import masked_where
 
 __all__ = [
+    "NETS",
     "InputNet",
+    "linear",
+    "network",
     "GreedyWhenTested",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
@@ -120,6 +123,38 @@ def mlp(
         device=device,
     )
     return net if value_range is None else nn.Sequential(net, ValueRange(*value_range))
+
+
+#: Network kinds of the levels that offer a choice (``net=``): an MLP, or one bias-free
+#: linear layer (a table over one-hot features).
+NETS = ("mlp", "linear")
+
+
+def linear(in_features: int, out_features: int, device, init: float = 0.0) -> nn.Linear:
+    """A bias-free linear layer with every weight ``init``: on one-hot features (a tabular
+    observation) each input's outputs are a table row, learnt independently of the others'
+    and starting at ``init``."""
+    layer = nn.Linear(in_features, out_features, bias=False, device=device)
+    with torch.no_grad():
+        layer.weight.fill_(init)
+    return layer
+
+
+def network(
+    kind: str, in_features: int, out_features: int, hidden: Sequence[int], device,
+    init: float | None = None,
+) -> nn.Module:
+    """An :func:`mlp` (``kind="mlp"``; its last layer's bias set to ``init`` if given) or a
+    :func:`linear` layer (``"linear"``; ``hidden`` unused, every weight ``init``, default 0)."""
+    if kind == "linear":
+        return linear(in_features, out_features, device, 0.0 if init is None else init)
+    if kind != "mlp":
+        raise ValueError(f"net must be one of {list(NETS)}, got {kind!r}.")
+    net = mlp(in_features, out_features, hidden, device)
+    if init is not None:
+        with torch.no_grad():
+            net[-1].bias.fill_(init)
+    return net
 
 
 def dqn_head(
