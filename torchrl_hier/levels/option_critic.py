@@ -52,7 +52,7 @@ from torchrl_hier.errors import ConfigError
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
 from torchrl_hier.levels.from_config import ACTIONS, OPTIONS, LevelContext, LevelParts
 from torchrl_hier.levels.options import OptionTermination, option_spec, termination_loss
-from torchrl_hier.levels.parts import NETS, InputNet, network
+from torchrl_hier.levels.parts import NETS, InputNet, SingleGreedy, network
 
 __all__ = [
     "OptionHeads",
@@ -260,8 +260,8 @@ def option_critic_option_level(
     device: torch.device | str | None = None,
 ) -> Level:
     """Option-critic's option level: epsilon-greedy over ``Q_Omega(observation, .)``, a
-    ``QValueActor`` (``net``: an MLP of ``hidden``, or ``"linear"``) with an
-    ``EGreedyModule`` (``eps_init``, if given, anneals to ``epsilon`` over
+    ``QValueActor`` (``net``: an MLP of ``hidden``, or ``"linear"``; ties broken by
+    :class:`~torchrl_hier.levels.parts.SingleGreedy`) with an ``EGreedyModule`` (``eps_init``, if given, anneals to ``epsilon`` over
     ``annealing_num_steps`` of its choices). ``gamma`` is the discount of ``Q_Omega``, which the
     intra-option level below (:func:`option_critic_intra_option_level`) shares and trains."""
     if net not in NETS:
@@ -275,7 +275,8 @@ def option_critic_option_level(
         spec.clone(), eps_init=float(epsilon if eps_init is None else eps_init), eps_end=float(epsilon),
         annealing_num_steps=annealing_num_steps, device=device,
     )
-    return Level(name, TensorDictSequential(qvalue, explore), action_spec=spec, gamma=gamma)
+    policy = TensorDictSequential(qvalue, SingleGreedy(), explore)
+    return Level(name, policy, action_spec=spec, gamma=gamma)
 
 
 def option_qvalue(option_level: Level) -> TensorDictModule:
@@ -284,8 +285,8 @@ def option_qvalue(option_level: Level) -> TensorDictModule:
     first = policy[0] if isinstance(policy, TensorDictSequential) and len(policy) else None
     if not isinstance(first, QValueActor) or not isinstance(option_level.action_spec, OneHot):
         raise TypeError(
-            f"Level {option_level.name!r} is not an option-critic option level (a QValueActor "
-            "then an EGreedyModule over one-hot options); build it with "
+            f"Level {option_level.name!r} is not an option-critic option level (a QValueActor, "
+            "SingleGreedy, then an EGreedyModule over one-hot options); build it with "
             "option_critic_option_level."
         )
     return first

@@ -41,6 +41,7 @@ from torchrl_hier.smdp import masked_where
 __all__ = [
     "NETS",
     "InputNet",
+    "SingleGreedy",
     "linear",
     "network",
     "GreedyWhenTested",
@@ -327,6 +328,31 @@ def conditioned_head(
         f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
         f"got {type(action_spec).__name__}."
     )
+
+
+class SingleGreedy(TensorDictModuleBase):
+    """Makes a ``QValueActor``'s one-hot greedy ``"action"`` a single one where several
+    actions share the largest ``"action_value"`` (TorchRL's ``QValueModule`` marks every
+    maximum, which tables that start from equal values hit at every state): one of the maxima
+    drawn uniformly while exploring, the first one in deterministic mode. Place it right after
+    the ``QValueActor``."""
+
+    def __init__(self, action_key: str = ACTION, action_value_key: str = "action_value"):
+        super().__init__()
+        self.action_key, self.action_value_key = action_key, action_value_key
+        self.in_keys = [action_value_key]
+        self.out_keys = [action_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        values = tensordict.get(self.action_value_key)
+        best = values == values.max(-1, keepdim=True).values
+        if exploration_type() in _RANDOM_MODES:
+            index = torch.rand_like(values).masked_fill(~best, -1.0).argmax(-1)
+        else:
+            index = best.to(torch.uint8).argmax(-1)
+        action = tensordict.get(self.action_key)
+        one_hot = torch.nn.functional.one_hot(index, values.shape[-1]).to(action.dtype)
+        return tensordict.set(self.action_key, one_hot)
 
 
 class GreedyWhenTested(TensorDictModuleBase):
