@@ -73,14 +73,22 @@ def build(env, args) -> tuple[Hierarchy, HierarchyLearner, object]:
     return hierarchy, HierarchyLearner({"primitive": learner}, hierarchy=hierarchy, frozen=["option"]), loss
 
 
-@torch.no_grad()
-def termination_map(env, loss) -> np.ndarray:
-    """``[options, rows, cols]`` termination probabilities (NaN on walls)."""
-    beta = torch.sigmoid(loss.termination.net(env.cell_observations(GOAL)))  # [cells, options]
+def _on_map(env, per_cell: torch.Tensor) -> np.ndarray:
+    """``[k, cells]`` values per free cell as ``[k, rows, cols]`` (NaN on walls)."""
     rows, cols = env.walls.shape
-    grid = torch.full((N_OPTIONS, rows, cols), float("nan"))
-    grid[:, env.free_cells[:, 0], env.free_cells[:, 1]] = beta.T
+    grid = torch.full((per_cell.shape[0], rows, cols), float("nan"))
+    grid[:, env.free_cells[:, 0], env.free_cells[:, 1]] = per_cell.float()
     return grid.numpy()
+
+
+@torch.no_grad()
+def termination_map(env, loss) -> tuple[np.ndarray, np.ndarray]:
+    """``[options, rows, cols]`` termination probabilities and ``[rows, cols]`` the option
+    ``Q_Omega`` prefers in each cell (NaN on walls)."""
+    obs = env.cell_observations(GOAL)
+    beta = torch.sigmoid(loss.termination.net(obs))  # [cells, options]
+    values = loss._values(obs)
+    return _on_map(env, beta.T), _on_map(env, values.argmax(-1)[None])[0]
 
 
 def hallway_contrast(grid: np.ndarray, walls: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -120,13 +128,14 @@ def run(seed: int, args) -> dict:
         if len(lengths) >= args.episodes:
             break
     collector.shutdown()
-    grid = termination_map(env, loss)
+    grid, greedy = termination_map(env, loss)
     hall, other = hallway_contrast(grid, env.walls.cpu())
     out = {
         "seed": seed, "frames": frames, "episodes": len(lengths),
         "wall_s": round(time.perf_counter() - t0, 1),
         "episode_length": lengths, "option_length_last": option_lengths[-1],
         "hallway_beta": hall, "other_beta": other, "beta": grid.tolist(),
+        "greedy_option": greedy.tolist(),
     }
     print(f"seed {seed}: {len(lengths)} episodes, {frames} frames, {out['wall_s']} s; last 100 "
           f"episodes {np.mean(lengths[-100:]):.1f} steps; beta hallway "
@@ -143,8 +152,8 @@ def report(data: dict, out: Path) -> None:
 
     runs = data["runs"]
     walls = np.array(four_rooms(1, 0, 0.0, 10).walls)
-    fig, axes = plt.subplots(len(runs), N_OPTIONS + 1, figsize=(3 * (N_OPTIONS + 1), 3 * len(runs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(runs), N_OPTIONS + 2, figsize=(3.2 * (N_OPTIONS + 2), 3 * len(runs)),
+                             squeeze=False, layout="constrained")
     for row, r in zip(axes, runs):
         beta = np.array(r["beta"])
         for w in range(N_OPTIONS):
@@ -156,17 +165,26 @@ def report(data: dict, out: Path) -> None:
                          f"elsewhere {r['other_beta'][w]:.2f}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
+        greedy = np.array(r["greedy_option"], dtype=float)
+        row[N_OPTIONS].imshow(np.where(walls, np.nan, greedy), cmap="tab10", vmin=0, vmax=9)
+        row[N_OPTIONS].imshow(np.where(walls, 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1)
+        for (i, j), w in np.ndenumerate(greedy):
+            if not np.isnan(w):
+                row[N_OPTIONS].text(j, i, str(int(w)), ha="center", va="center", fontsize=6)
+        row[N_OPTIONS].set_title("option Q_Omega prefers", fontsize=8)
+        row[N_OPTIONS].set_xticks([])
+        row[N_OPTIONS].set_yticks([])
         lengths = np.array(r["episode_length"], dtype=float)
         k = 50
         smooth = np.convolve(lengths, np.ones(k) / k, mode="valid") if len(lengths) >= k else lengths
         row[-1].plot(np.arange(len(smooth)) + min(k, len(lengths)), smooth)
         row[-1].set_yscale("log")
         row[-1].set_xlabel("episode")
-        row[-1].set_ylabel(f"steps to goal ({k}-episode mean)")
+        row[-1].set_ylabel(f"episode length ({k}-ep. mean)", fontsize=8)
         row[-1].grid(alpha=0.3)
     fig.suptitle("tabular option-critic, four rooms, goal in the east hallway (red star): "
                  "termination probability per option and cell")
-    fig.colorbar(image, ax=axes[:, :N_OPTIONS].ravel().tolist(), shrink=0.6)
+    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label="termination probability")
     fig.savefig(out / "four_rooms_terminations.png", dpi=100)
 
 
@@ -193,7 +211,8 @@ def main() -> None:
     path = args.out / "four_rooms_terminations.json"
     if not args.report_only:
         runs = [run(seed, args) for seed in args.seeds]
-        meta = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+        meta = {"settings": settings,
                 "torch": torch.__version__, "machine": platform.platform(),
                 "date": time.strftime("%Y-%m-%d")}
         args.out.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,123 @@ def test_option_critic_config_errors_say_how_to_fix():
         build_experiment(compose_cfg(["task=PointMaze-UMaze", "hierarchy=option_critic", "task.n_envs=2"]))
     with pytest.raises(ConfigError, match=r"net='conv'; choose one of \['mlp', 'linear'\]"):
         build_experiment(compose_cfg([*OC, "task.n_envs=2", "hierarchy.levels.option.net=conv"]))
+
+
+# ----------------------------------------------------------------------------- tabular four rooms
+def tabular_four_rooms(episodes: int, seed: int = 0, clip_epsilon: float | None = None, epochs: int = 1):
+    """Bacon et al.'s tabular setting, as ``benchmarks/four_rooms_terminations.py`` runs it
+    (one-hot cells, goal in the east hallway, moves slip w.p. 1/3, SGD at the per-transition
+    rates 0.5 critic / 0.25 policies / 0.25 terminations) for ``episodes`` episodes over 32
+    instances; returns the env, loss and episode lengths."""
+    import functools
+
+    from torchrl.collectors import Collector
+    from torchrl.envs import TransformedEnv
+
+    from torchrl_hier import Hierarchy
+    from torchrl_hier.envs import make_env
+    from torchrl_hier.learning import HierarchyLearner, OnPolicyLearner
+    from torchrl_hier.levels import option_critic_levels
+
+    torch.manual_seed(seed)
+    envs = 32
+    env = make_env("GridMaze-FourRooms", batch_size=envs, seed=seed, goal=(6, 9), slip=1 / 3,
+                   observation="onehot", min_distance=1, max_steps=1000)
+    top, low, loss = option_critic_levels(
+        env.observation_size, 4, env.action_spec_unbatched, net="linear", gamma=0.99,
+        epsilon=0.01, deliberation_cost=0.0, entropy_coeff=0.0, termination_bias=0.0,
+        critic_coeff=0.5 / 0.25, termination_coeff=1.0, clip_epsilon=clip_epsilon,
+    )
+    hierarchy = Hierarchy([top, low], env)
+    learner = OnPolicyLearner(loss, level=low, epochs=epochs, batch_size=envs, max_grad_norm=None,
+                              optimizer=functools.partial(torch.optim.SGD, lr=0.25 * envs))
+    learners = HierarchyLearner({"primitive": learner}, hierarchy=hierarchy, frozen=["option"])
+    collector = Collector(TransformedEnv(env, hierarchy.transform), hierarchy.policy,
+                          frames_per_batch=envs, total_frames=-1, auto_register_policy_transforms=False)
+    lengths, running = [], torch.zeros(envs, dtype=torch.long)
+    for batch in collector:
+        learners.extend_batch(batch)
+        learners.update()
+        done = batch["next", "done"].reshape(-1)
+        running += 1
+        lengths += running[done].tolist()
+        running[done] = 0
+        if len(lengths) >= episodes:
+            break
+    collector.shutdown()
+    return env, loss, lengths
+
+
+# ----------------------------------------------------------------------------- PPOC
+def test_ppoc_clips_the_intra_option_ratio_with_the_recorded_log_prob():
+    """With clip_epsilon the moves record their log-prob; on the data the policy collected the
+    ratio is 1, so the PPOC policy gradient equals option-critic's; with a stale log-prob the surrogate is
+    PPO's clipped one, by hand; a PPOC stack trains for several epochs a batch."""
+    from test_on_policy import collect, small_maze
+
+    from torchrl_hier import Hierarchy
+    from torchrl_hier.learning import HierarchyLearner, OnPolicyLearner
+    from torchrl_hier.levels import OptionCriticLoss, option_critic_levels
+
+    torch.manual_seed(0)
+    env = small_maze(n=8, max_steps=12)
+    top, low, loss = option_critic_levels(4, 3, env.action_spec_unbatched, hidden=(16,), gamma=0.9,
+                                          clip_epsilon=0.2, termination_bias=0.0)
+    assert low.records == ("action_log_prob",) and "action_log_prob" in loss.in_keys
+    hierarchy = Hierarchy([top, low], env)
+    (batch,) = collect(env, hierarchy, 8 * 16, 1)
+    moves = hierarchy.transitions(batch)["primitive"]
+    plain = OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination, deliberation_cost=0.01,
+                             entropy_coeff=0.01)
+    plain.make_value_estimator(gamma=0.9)
+    loss.make_value_estimator(gamma=0.9)
+    params = list(loss.intra_option.parameters())
+    out = loss(moves)
+    grads = torch.autograd.grad(out["loss_policy"], params)
+    reference = torch.autograd.grad(plain(moves)["loss_policy"], params)
+    for a, b in zip(grads, reference):  # same gradient: d ratio = ratio * d log_prob, ratio 1
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert out["clip_fraction"] == 0
+    stale = moves.clone()
+    stale["action_log_prob"] = stale["action_log_prob"] + 1.0  # ratio e**-1, below 1 - 0.2
+    out = loss(stale)
+    assert out["clip_fraction"] == 1
+    with torch.no_grad():
+        dist = loss.intra_option.get_dist(stale.select(*loss.intra_option.in_keys))
+        ratio = (dist.log_prob(stale["action"]) - stale["action_log_prob"]).exp()
+        q = loss._values(stale["observation"])
+        advantage = loss.targets(stale) - (q * stale["parent_action"]).sum(-1)
+        surrogate = torch.minimum(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage)
+        expected = -surrogate.mean() - 0.01 * dist.entropy().mean()
+    torch.testing.assert_close(out["loss_policy"], expected)
+    learner = OnPolicyLearner(loss, level=low, epochs=4, batch_size=64, lr=3e-3)
+    learners = HierarchyLearner({"primitive": learner}, hierarchy=hierarchy, frozen=["option"])
+    before = [p.clone() for p in loss.intra_option.parameters()]
+    for batch in collect(env, hierarchy, 8 * 16, 3, seed=1):
+        learners.extend_batch(batch)
+        logs = learners.update()
+    assert learner.n_updates == 3 * 4 * 2 and 0 <= logs["primitive"]["clip_fraction"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, loss.intra_option.parameters()))
+    with pytest.raises(ValueError, match=r"clip_epsilon must be in \(0, 1\)"):
+        option_critic_levels(4, 3, env.action_spec_unbatched, clip_epsilon=1.5)
+
+
+def test_tabular_option_critic_learns_hallway_terminations():
+    """600 episodes of the tabular four rooms (~20 s): episodes get shorter, the termination
+    gradient (no deliberation cost, so its advantage Q(s', w) - V(s') <= 0) only ever raises
+    the termination probabilities from their initial 0.5, by up to > 0.1, and more at the
+    four hallways than elsewhere (the published picture, faintly at this budget:
+    benchmarks/four_rooms_terminations.py runs 2000 episodes)."""
+    from torchrl_hier.envs import doorways
+
+    env, loss, lengths = tabular_four_rooms(600, seed=0)
+    assert len(lengths) >= 600
+    assert sum(lengths[-50:]) < 0.5 * sum(lengths[:50]), (lengths[:50], lengths[-50:])
+    with torch.no_grad():
+        beta = torch.sigmoid(loss.termination.net(env.cell_observations((6, 9))))  # [cells, options]
+    assert (beta >= 0.5 - 1e-6).all() and (beta - 0.5).max() > 0.1
+    hall = doorways(env.walls)[env.free_cells[:, 0], env.free_cells[:, 1]]
+    goal = (env.free_cells == torch.tensor([6, 9])).all(-1)  # episodes end there: never trained
+    assert hall.sum() == 4 and goal.sum() == 1
+    at_hallways, elsewhere = beta[hall & ~goal].mean(), beta[~hall & ~goal].mean()
+    assert at_hallways > elsewhere + 0.005, (at_hallways, elsewhere)
