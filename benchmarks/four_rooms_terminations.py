@@ -144,21 +144,53 @@ def run(seed: int, args) -> dict:
     return out
 
 
+def room_purity(greedy: np.ndarray) -> float:
+    """The share of each room's cells whose preferred option is that room's most preferred one
+    (averaged over the four rooms; 1: the options partition the map by rooms)."""
+    shares = []
+    for rows in (slice(1, 6), slice(7, 12)):
+        for cols in (slice(1, 6), slice(7, 12)):
+            room = greedy[rows, cols].ravel()
+            room = room[~np.isnan(room)].astype(int)
+            shares.append(np.bincount(room).max() / len(room))
+    return float(np.mean(shares))
+
+
+def summarize(runs: list[dict]) -> list[str]:
+    """One line per run and one for all: episode lengths, hallway vs elsewhere, room purity."""
+    lines = []
+    for r in runs:
+        n = r["episode_length"]
+        lines.append(
+            f"seed {r['seed']}: {r['episodes']} episodes, {r['frames']} frames, {r['wall_s']} s; "
+            f"episode length first 100 {np.mean(n[:100]):.0f}, last 100 {np.mean(n[-100:]):.1f}; "
+            f"beta at hallways {np.mean(r['hallway_beta']):.3f} vs elsewhere "
+            f"{np.mean(r['other_beta']):.3f} (options above: "
+            f"{sum(h > o for h, o in zip(r['hallway_beta'], r['other_beta']))}/{N_OPTIONS}); "
+            f"room purity {room_purity(np.array(r['greedy_option'], dtype=float)):.2f}"
+        )
+    hall = np.mean([r["hallway_beta"] for r in runs])
+    other = np.mean([r["other_beta"] for r in runs])
+    lines.append(f"all: beta at hallways {hall:.3f} vs elsewhere {other:.3f}")
+    return lines
+
+
 def report(data: dict, out: Path) -> None:
+    print("\n".join(summarize(data["runs"])))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = data["runs"]
-    walls = np.array(four_rooms(1, 0, 0.0, 10).walls)
+    walls = four_rooms(1, 0, 0.0, 10).walls.numpy()
     fig, axes = plt.subplots(len(runs), N_OPTIONS + 2, figsize=(3.2 * (N_OPTIONS + 2), 3 * len(runs)),
                              squeeze=False, layout="constrained")
     for row, r in zip(axes, runs):
         beta = np.array(r["beta"])
         for w in range(N_OPTIONS):
             ax = row[w]
-            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=0, vmax=1, cmap="viridis")
+            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=0.5, vmax=1, cmap="viridis")
             ax.imshow(np.where(walls, 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1)
             ax.plot(GOAL[1], GOAL[0], "r*", markersize=10)
             ax.set_title(f"seed {r['seed']}, option {w}\nhallways {r['hallway_beta'][w]:.2f}, "
@@ -184,7 +216,7 @@ def report(data: dict, out: Path) -> None:
         row[-1].grid(alpha=0.3)
     fig.suptitle("tabular option-critic, four rooms, goal in the east hallway (red star): "
                  "termination probability per option and cell")
-    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label="termination probability")
+    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label="termination probability (all start at 0.5)")
     fig.savefig(out / "four_rooms_terminations.png", dpi=100)
 
 
@@ -192,8 +224,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=2000)
-    parser.add_argument("--envs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8, help="steps per instance per batch")
+    parser.add_argument("--envs", type=int, default=32, help="env instances")
+    parser.add_argument("--steps", type=int, default=1, help="steps per instance per batch (one update each)")
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--slip", type=float, default=1 / 3)
     parser.add_argument("--gamma", type=float, default=0.99)
