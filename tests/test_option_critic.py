@@ -34,14 +34,16 @@ SMALL = [
 ]
 
 
+def _losses_of(run: Path, term: str) -> list[float]:
+    """The intra-option level's logged ``term``, one value per batch that updated."""
+    rows = (run / "logs" / "scalars" / "level" / "primitive" / f"{term}.csv").read_text().splitlines()
+    return [float(row.split(",")[1]) for row in rows if row]
+
+
 def _losses(run: Path) -> dict[str, list[float]]:
-    """The intra-option level's logged loss terms, one value per update."""
-    scalars = run / "logs" / "scalars" / "level" / "primitive"
-    out = {}
-    for term in ("loss_critic", "loss_policy", "loss_termination", "termination_prob"):
-        rows = (scalars / f"{term}.csv").read_text().splitlines()
-        out[term] = [float(row.split(",")[1]) for row in rows if row]
-    return out
+    """The intra-option level's logged loss terms."""
+    terms = ("loss_critic", "loss_policy", "loss_termination", "termination_prob")
+    return {term: _losses_of(run, term) for term in terms}
 
 
 def test_option_critic_trains_through_the_cli(tmp_path):
@@ -254,3 +256,36 @@ def test_tabular_option_critic_learns_hallway_terminations():
     assert hall.sum() == 4 and goal.sum() == 1
     at_hallways, elsewhere = beta[hall & ~goal].mean(), beta[~hall & ~goal].mean()
     assert at_hallways > elsewhere + 0.005, (at_hallways, elsewhere)
+
+
+def test_single_greedy_picks_one_of_tied_options():
+    """Equal Q values (a table's start) give one option, not several: uniformly among the
+    tied ones while exploring, the first in deterministic mode."""
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchrl_hier.levels.parts import SingleGreedy
+
+    values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]]).expand(3000, 5)
+    td = TensorDict({"action_value": values, "action": (values == 3.0).long()}, [3000])
+    torch.manual_seed(0)
+    with set_exploration_type(ExplorationType.RANDOM):
+        picked = SingleGreedy()(td.clone())["action"]
+    assert (picked.sum(-1) == 1).all() and picked.dtype == torch.long
+    counts = picked.sum(0).float() / 3000
+    assert counts[[0, 3]].sum() == 0 and ((counts[[1, 2, 4]] - 1 / 3).abs() < 0.04).all(), counts
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        first = SingleGreedy()(td.clone())["action"]
+    assert (first.argmax(-1) == 1).all() and (first.sum(-1) == 1).all()
+
+
+def test_ppoc_trains_through_the_trainer(tmp_path):
+    """hierarchy=option_critic with clip_epsilon and a few epochs is PPOC: the moves' log-probs
+    are carried to the learner, which takes epochs x minibatches per batch."""
+    cfg = compose_cfg([*OC, *SMALL, "total_frames=128", "eval.every_frames=0", "checkpoint.every_frames=0",
+                       "hierarchy.levels.primitive.clip_epsilon=0.2", "hierarchy.levels.primitive.learner.epochs=3",
+                       f"run_dir={tmp_path}"])
+    summary = train(cfg)
+    assert summary["levels"]["primitive"]["updates"] == 2 * 3 * 2
+    clip = _losses_of(tmp_path, "clip_fraction")
+    assert len(clip) == 2 and all(0.0 <= v <= 1.0 for v in clip)
