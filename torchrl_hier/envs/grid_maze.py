@@ -33,9 +33,9 @@ class GridMaze(EnvBase):
 
     Observation ``"observation"``: ``(agent_row, agent_col, goal_row, goal_col)`` scaled to
     [0, 1] (divided by ``rows - 1`` and ``cols - 1``); with ``observation="onehot"`` instead a
-    one-hot of the agent's cell among the free cells (row-major order, :attr:`free_cells`),
+    one-hot of the agent's cell among the free cells (row-major order, ``free_cells``),
     followed, when more than one cell can hold the goal, by a one-hot of the goal's among those
-    (:attr:`goal_cells`): tabular features. With ``goal_keys=True`` (default)
+    (``goal_cells``): tabular features. With ``goal_keys=True`` (default)
     ``"achieved_goal"`` (agent cell) and ``"desired_goal"`` (goal cell) hold the scaled
     coordinates, for goal-conditioned levels and hindsight relabelling
     (:meth:`goal_reached` / :meth:`compute_reward` recompute success for any pair).
@@ -193,7 +193,7 @@ class GridMaze(EnvBase):
 
     def cell_observations(self, goal: Sequence[int] | None = None) -> torch.Tensor:
         """``[n_free_cells, observation_size]``: the observation with the agent in each free
-        cell (the order of :attr:`free_cells`) and the goal at ``goal`` (row, col; default:
+        cell (the order of ``free_cells``) and the goal at ``goal`` (row, col; default:
         the first instance's current goal), e.g. to draw a value or termination map."""
         if goal is None:
             cell = self.goal.reshape(-1, 2)[0]
