@@ -750,3 +750,15 @@ def test_doorways_are_the_hallways():
     assert doorways(rooms_layout(2, 5)).nonzero().tolist() == [[3, 6], [6, 3], [6, 9], [9, 6]]
     assert int(doorways(rooms_layout(3, 5)).sum()) == 12
     assert not doorways(parse_layout("Open").walls).any()
+
+
+@cuda
+def test_slips_and_one_hot_cells_are_the_same_on_cuda():
+    """The slips are counter-based draws too: one seed, the same slippery episodes on cuda."""
+    cpu, gpu = (
+        GridMaze(batch_size=[64], device=d, seed=5, slip=1 / 3, observation="onehot", max_steps=1000)
+        for d in ("cpu", "cuda")
+    )
+    a = _run(cpu, _actions(cpu, 40))
+    b = _run(gpu, _actions(cpu, 40))
+    assert torch.equal(a["next", "observation"], b["next", "observation"].cpu())
