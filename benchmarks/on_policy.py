@@ -101,11 +101,9 @@ def termination_map(hierarchy: Hierarchy, goal: tuple[int, int]) -> dict:
     env = make_env(TASK, batch_size=1, seed=0)
     walls = env.walls.cpu()
     rows, cols = walls.shape
-    cells = (~walls).nonzero()
-    scale = torch.tensor([rows - 1, cols - 1], dtype=torch.float32)
-    obs = torch.cat([cells / scale, (torch.tensor(goal) / scale).expand(len(cells), 2)], -1)
+    cells = env.free_cells
     termination = hierarchy.levels[1].control.module
-    beta = torch.sigmoid(termination.net(obs))  # [cells, options]
+    beta = torch.sigmoid(termination.net(env.cell_observations(goal)))  # [cells, options]
     grid = torch.full((N_OPTIONS, rows, cols), float("nan"))
     grid[:, cells[:, 0], cells[:, 1]] = beta.T
     return {"walls": walls.tolist(), "goal": list(goal), "beta": grid.tolist()}

@@ -16,6 +16,7 @@ from torchrl_hier.envs import (
     GridMaze,
     PointMaze,
     _render,
+    doorways,
     list_envs,
     make_env,
     parse_layout,
@@ -652,3 +653,112 @@ def test_grid_maze_refuses_actions_outside_its_spec():
     td["action"] = torch.tensor([1, 7])
     with pytest.raises(RuntimeError, match=r"outside its spec Categorical\(4\)"):
         env.step(td)
+
+
+# ----------------------------------------------------------------------------- four rooms options
+def test_grid_maze_fixed_goal_and_its_errors():
+    env = make_env("GridMaze-FourRooms", batch_size=[64], seed=0, goal=(6, 9), min_distance=1)
+    data = _run(env, _actions(env, 200))
+    goals = torch.cat([data["desired_goal"].reshape(-1, 2), data["next", "desired_goal"].reshape(-1, 2)])
+    assert torch.equal(goals.unique(dim=0), (torch.tensor([[6.0, 9.0]]) / 12))
+    assert data["next", "is_success"].any()
+    assert len(data["observation"][:, :, :2].reshape(-1, 2).unique(dim=0)) > 50  # starts vary
+    with pytest.raises(ValueError, match=r"goal=\(0, 0\) must be the \(row, col\) of a free cell"):
+        make_env("GridMaze-FourRooms", goal=(0, 0))
+    with pytest.raises(ValueError, match=r"goal=\(13, 1\)"):
+        make_env("GridMaze-FourRooms", goal=(13, 1))
+    with pytest.raises(ValueError, match="slip is the probability"):
+        GridMaze(slip=1.5)
+    with pytest.raises(ValueError, match=r"observation='pixels'; choose one of \['coordinates', 'onehot'\]"):
+        GridMaze(observation="pixels")
+
+
+def test_grid_maze_slips_to_another_move_with_its_probability():
+    """With slip=1/3 a third of the moves go another way (never the intended one), the
+    slips repeat with the seed, differ across seeds and continue exactly from a saved state."""
+    layout = ["#########"] + ["#.......#"] * 7 + ["#########"]
+    env = GridMaze(batch_size=[512], layout=layout, seed=0, slip=1 / 3, max_steps=1000)
+    td = env.reset()
+    g = torch.Generator().manual_seed(0)
+    slipped, free_moves = 0, 0
+    for _ in range(8):
+        action = torch.randint(4, (512,), generator=g)
+        before = env.position.clone()
+        intended = before + env.moves[action]
+        open_target = ~env.walls[intended[:, 0], intended[:, 1]]
+        td["action"] = action
+        td = step_mdp(env.step(td))
+        moved = env.position - before
+        free_moves += int(open_target.sum())
+        went_elsewhere = open_target & (env.position != intended).any(-1)
+        slipped += int(went_elsewhere.sum())
+        assert (moved.abs().sum(-1) <= 1).all()  # one cell at most, slipped or not
+    # 1/3, not 1/4: a slip draws among the other three moves only
+    assert 0.30 < slipped / free_moves < 0.37, slipped / free_moves
+
+    def positions(seed: int, steps: int = 30):
+        env = GridMaze(batch_size=[8], seed=seed, slip=1 / 3, max_steps=500)
+        td = env.reset()
+        out = []
+        for action in _actions(env, steps, seed=1):
+            td["action"] = action
+            td = step_mdp(env.step(td))
+            out.append(env.position.clone())
+        return torch.stack(out), env.state_dict()
+
+    a, _ = positions(3)
+    b, _ = positions(3)
+    c, _ = positions(4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    first, state = positions(3, steps=10)
+    assert torch.equal(first, a[:10])
+    env = GridMaze(batch_size=[8], seed=3, slip=1 / 3, max_steps=500)
+    env.load_state_dict(state)
+    td = TensorDict({"observation": env._observation()["observation"]}, [8])
+    rest = []
+    for action in _actions(env, 30, seed=1)[10:]:
+        td["action"] = action
+        td = step_mdp(env.step(td))
+        rest.append(env.position.clone())
+    assert torch.equal(torch.stack(rest), a[10:])  # the slips continue from the saved state
+
+
+def test_grid_maze_one_hot_observations():
+    env = make_env("GridMaze-FourRooms", batch_size=[16], seed=0, observation="onehot")
+    check_env_specs(env)
+    n_free, n_goals = env.free_cells.shape[0], env.goal_cells.shape[0]
+    assert n_free == 104 and env.observation_size == n_free + n_goals
+    data = _run(env, _actions(env, 20))
+    obs = data["next", "observation"]
+    agent, goal = obs[..., :n_free], obs[..., n_free:]
+    assert (agent.sum(-1) == 1).all() and (goal.sum(-1) == 1).all()
+    cells = env.free_cells[agent.argmax(-1)]
+    torch.testing.assert_close(cells.float() / 12, data["next", "achieved_goal"])
+    torch.testing.assert_close(env.goal_cells[goal.argmax(-1)].float() / 12, data["next", "desired_goal"])
+    fixed = make_env("GridMaze-FourRooms", batch_size=[2], goal=(6, 9), observation="onehot")
+    assert fixed.observation_size == 104  # a single goal cell adds no entries
+    assert torch.equal(fixed.cell_observations((6, 9)), torch.eye(104))
+    coords = make_env("GridMaze-FourRooms", batch_size=[2], seed=0)
+    coords.reset()
+    expected = torch.cat([coords.free_cells / 12, (coords.goal[0] / 12).expand(104, 2)], -1)
+    torch.testing.assert_close(coords.cell_observations(), expected.float())
+    with pytest.raises(ValueError, match="is not one of this maze's goal cells"):
+        fixed.cell_observations((1, 1))
+
+
+def test_doorways_are_the_hallways():
+    assert doorways(rooms_layout(2, 5)).nonzero().tolist() == [[3, 6], [6, 3], [6, 9], [9, 6]]
+    assert int(doorways(rooms_layout(3, 5)).sum()) == 12
+    assert not doorways(parse_layout("Open").walls).any()
+
+
+@cuda
+def test_slips_and_one_hot_cells_are_the_same_on_cuda():
+    """The slips are counter-based draws too: one seed, the same slippery episodes on cuda."""
+    cpu, gpu = (
+        GridMaze(batch_size=[64], device=d, seed=5, slip=1 / 3, observation="onehot", max_steps=1000)
+        for d in ("cpu", "cuda")
+    )
+    a = _run(cpu, _actions(cpu, 40))
+    b = _run(gpu, _actions(cpu, 40))
+    assert torch.equal(a["next", "observation"], b["next", "observation"].cpu())

@@ -19,7 +19,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "LevelStep",
@@ -31,6 +31,7 @@ __all__ = [
     "ModuleRule",
     "AnyOf",
     "AllOf",
+    "rule_modules",
 ]
 
 
@@ -301,3 +302,15 @@ class ModuleRule(ReturnControlRule):
         else:
             value = self.module(step)
         return value.reshape(step.steps.shape).bool()
+
+
+def rule_modules(rule: ReturnControlRule) -> list[nn.Module]:
+    """The ``nn.Module``s inside ``rule`` (a :class:`ModuleRule`'s module, through
+    :class:`AnyOf`/:class:`AllOf`), in a fixed order: the learned parts of a level's
+    return-control rule (termination heads), which its policy does not hold, for saving and
+    loading them."""
+    if isinstance(rule, (AnyOf, AllOf)):
+        return [m for sub in rule.rules for m in rule_modules(sub)]
+    if isinstance(rule, ModuleRule) and isinstance(rule.module, nn.Module):
+        return [rule.module]
+    return []

@@ -403,7 +403,8 @@ def _log_batch(logger, exp, frames, fps, stats, losses, raw_counts) -> dict[str,
             logger.log_scalar(f"level/{name}/{key}", value, step=frames)
     for name in exp.names:
         logger.log_scalar(f"level/{name}/transitions", raw_counts[name], step=frames)
-        logger.log_scalar(f"level/{name}/updates", exp.learners[name].n_updates, step=frames)
+        if name in exp.learners:  # frozen levels have none
+            logger.log_scalar(f"level/{name}/updates", exp.learners[name].n_updates, step=frames)
         explore = _exploration(exp.explorers[name]) if name in exp.explorers else None
         if explore is not None:
             logger.log_scalar(f"level/{name}/exploration", explore, step=frames)
@@ -444,16 +445,22 @@ def _summary(
         # where the flat agent stands on this task, as measured (the task config's note)
         "baseline_flat": OmegaConf.to_container(cfg.task.baseline_flat)
         if cfg.task.get("baseline_flat") is not None else None,
-        "levels": {
-            name: {
-                "transitions": raw_counts[name],
-                "learner_transitions": exp.learners[name].n_transitions,
-                "updates": exp.learners[name].n_updates,
-            }
-            for name in exp.names
-        },
+        "levels": {name: _level_summary(exp, name, raw_counts[name]) for name in exp.names},
         "run_dir": str(run_dir),
         "checkpoint": str(run_dir / "checkpoints" / "last.pt"),
+    }
+
+
+def _level_summary(exp, name: str, transitions: int) -> dict[str, Any]:
+    """A level's counts; a frozen level (no learner: another level's loss trains it, e.g.
+    option-critic's Q_Omega, or nothing does) says so and takes no updates of its own."""
+    learner = exp.learners.learners.get(name)
+    if learner is None:
+        return {"transitions": transitions, "learner_transitions": 0, "updates": 0, "frozen": True}
+    return {
+        "transitions": transitions,
+        "learner_transitions": learner.n_transitions,
+        "updates": learner.n_updates,
     }
 
 

@@ -11,7 +11,14 @@ an ``"is_success"`` entry, ``goal_reached``/``compute_reward`` for relabelling, 
 """
 
 from torchrl_hier.envs.grid_maze import GridMaze
-from torchrl_hier.envs.layouts import LAYOUTS, Layout, parse_layout, path_distances, rooms_layout
+from torchrl_hier.envs.layouts import (
+    LAYOUTS,
+    Layout,
+    doorways,
+    parse_layout,
+    path_distances,
+    rooms_layout,
+)
 from torchrl_hier.envs.point_maze import PointMaze, wall_boxes
 from torchrl_hier.envs.registry import list_envs, make_env, register_env
 
@@ -20,6 +27,7 @@ __all__ = [
     "PointMaze",
     "LAYOUTS",
     "Layout",
+    "doorways",
     "parse_layout",
     "path_distances",
     "rooms_layout",

@@ -86,6 +86,18 @@ class EpisodeDraws(nn.Module):
         self.seed.fill_(to_int64(0 if seed is None else int(seed)))
         self.episodes.zero_()
 
+    def step_words(self, steps: Tensor, n_words: int) -> Tensor:
+        """``n_words`` random words ``[n_instances, n_words]`` for step ``steps`` (int64, one
+        per instance) of each instance's running episode (the one its last reset started):
+        a hash of ``(seed, instance, episode count, step, word index)``, in a stream apart from
+        the reset draws (the episode count enters bit-complemented, a negative number that no
+        reset's key uses). Advances nothing: the same step of the same episode gives the same
+        words, so an env whose state is saved mid-episode continues with the same draws."""
+        key = splitmix64(splitmix64(splitmix64(self.seed) ^ self.instances) ^ ~self.episodes)
+        key = splitmix64(key ^ steps.reshape(-1).to(torch.int64))
+        index = torch.arange(n_words, device=key.device)
+        return _shift_right(splitmix64(key[:, None] ^ index), 1)
+
     def forward(self, reset: Tensor) -> Tensor:
         """The words ``[n_instances, n_words]`` of every instance's next episode; the
         instances where the bool ``reset`` (any shape with ``n_instances`` elements) is True

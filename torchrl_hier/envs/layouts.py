@@ -24,6 +24,7 @@ __all__ = [
     "manhattan_distances",
     "StartGoalSampler",
     "valid_pairs",
+    "doorways",
 ]
 
 _WALL_CHARS = frozenset("#1")
@@ -159,6 +160,17 @@ def parse_layout(layout: str | Sequence[str] | torch.Tensor) -> Layout:
     if not (parsed.starts & ~parsed.walls).any() or not (parsed.goals & ~parsed.walls).any():
         raise ValueError("The layout has no free cell to start or to put a goal in.")
     return parsed
+
+
+def doorways(walls: torch.Tensor) -> torch.Tensor:
+    """Bool ``[rows, cols]``: the free cells with walls on two opposite sides (left and right,
+    or above and below), i.e. the hallways between the rooms of :func:`rooms_layout` (and any
+    one-cell-wide corridor of other layouts). Cells past the border count as walls."""
+    w = torch.nn.functional.pad(walls.bool(), (1, 1, 1, 1), value=True)
+    inner = w[1:-1, 1:-1]
+    across = w[1:-1, :-2] & w[1:-1, 2:]
+    along = w[:-2, 1:-1] & w[2:, 1:-1]
+    return ~inner & (across | along)
 
 
 def manhattan_distances(cells: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,9 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     blocks = hierarchy.get("levels") or hierarchy.get("choice_points") or {}
     for name, block in blocks.items():
         kind = block.get("kind")
-        if "_target_" not in block and kind is not None:
+        # level blocks that name their factory may have no learner (frozen levels)
+        untargeted = "_target_" not in block
+        if untargeted and kind is not None:
             if kind not in LEGACY_LEVEL_TARGETS:
                 raise ConfigError(
                     f"hierarchy.levels.{name}.kind={kind!r} is not a level kind of older configs "
@@ -150,7 +152,8 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
             block._target_, block._partial_ = LEGACY_LEVEL_TARGETS[kind], True
         learner = block.get("learner")
         if learner is None:
-            block.learner = {"_target_": LEARNER_TARGET, "_partial_": True}
+            if untargeted:
+                block.learner = {"_target_": LEARNER_TARGET, "_partial_": True}
         elif "_target_" not in learner:
             learner._target_, learner._partial_ = LEARNER_TARGET, True
     return cfg
@@ -251,6 +254,12 @@ def build_levels(
                 f"{where}._target_={node['_target_']!r} returned {type(part).__name__}; a level "
                 "factory returns LevelParts."
             )
+        if part.frozen and levels_cfg[name].get("learner") is not None:
+            raise ConfigError(
+                f"{where} is frozen (its factory {node['_target_']} gives it no loss: another "
+                f"level's loss trains it, or nothing does), but it has a learner block: remove "
+                f"{where}.learner."
+            )
         parts.append(part)
     return parts
 
@@ -281,11 +290,12 @@ class TransitionPipeline:
     they are; on-policy levels their trajectories (``hierarchy.trajectories(batch)``); levels
     with hindsight get whole episodes (held per env instance until they end,
     :class:`LevelEpisodes`) through their relabelling (:class:`HindsightGoals`,
-    :func:`subgoal_transitions`).
+    :func:`subgoal_transitions`); frozen levels (no learner) get nothing.
     """
 
     def __init__(self, hierarchy: Hierarchy, parts: list[LevelParts]):
         self.hierarchy = hierarchy
+        parts = [p for p in parts if not p.frozen]
         self.process = {p.level.name: p.process for p in parts}
         self.episodic = [p.level.name for p in parts if p.episodic]
         self.episodes = LevelEpisodes(hierarchy, self.episodic) if self.episodic else None
@@ -425,8 +435,10 @@ def build_experiment(cfg: DictConfig, *, n_envs: int | None = None, seed: int | 
                 on_policy=p.on_policy, level=p.level,
             )
             for i, p in enumerate(parts)
+            if not p.frozen
         },
         hierarchy=hierarchy,
+        frozen=[p.level.name for p in parts if p.frozen],
     )
     return Experiment(
         cfg, device, env, learners, {p.level.name: p.level.policy for p in parts},

@@ -1,7 +1,8 @@
 """Training checkpoints: what a run saves every N frames and how a stopped run resumes.
 
 A checkpoint is one ``torch.save`` file holding the run's config, the collected frame count,
-the hierarchy policy's parameters (exploration schedules included), every level learner's state
+the hierarchy policy's parameters (exploration schedules included) and its levels' learned
+return-control rules (termination heads), every level learner's state
 (loss networks and targets, optimizer, counters; replay buffers when
 ``checkpoint.buffers=true``), the RNG states, the metric history and the collection state: the
 env's state (built-in tasks keep positions, goals, step counts and their counter-based draws
@@ -27,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl.collectors import BaseCollector, Collector
 
+from torchrl_hier.control import rule_modules
 from torchrl_hier.envs import GridMaze, PointMaze
 from torchrl_hier.experiment.builders import Experiment, upgrade_config
 
@@ -40,6 +42,7 @@ __all__ = [
     "run_directory",
     "load_checkpoint",
     "save_checkpoint",
+    "control_state",
     "restore_policy",
     "restore_training",
     "collection_state",
@@ -164,6 +167,7 @@ def save_checkpoint(
         "config": OmegaConf.to_container(exp.cfg, resolve=True),
         "frames": int(frames),
         "policy": exp.policy.state_dict(),
+        "controls": control_state(exp),
         "learners": exp.learners.state_dict(include_buffers=buffers),
         "rng": rng_state(),
         "history": list(history),
@@ -194,11 +198,45 @@ def _loading(file: Path, field: str, target: str) -> Iterator[None]:
         ) from err
 
 
+def control_state(exp: Experiment) -> dict[str, list[dict[str, Any]]]:
+    """The parameters of the levels' return-control rules (learned termination heads, which
+    the policy does not hold), per level name: one state dict per module of
+    :func:`~torchrl_hier.control.rule_modules`; levels without any are left out."""
+    if exp.hierarchy is None:
+        return {}
+    out = {}
+    for level in exp.hierarchy.levels:
+        modules = rule_modules(level.control)
+        if modules:
+            out[level.name] = [module.state_dict() for module in modules]
+    return out
+
+
 def restore_policy(exp: Experiment, ckpt: Mapping[str, Any], file: Path) -> None:
-    """Loads the hierarchy policy's parameters; names the field when they do not fit."""
+    """Loads the hierarchy policy's parameters and its levels' return-control rules' (saved
+    as ``controls``; older checkpoints have none: their rules come from the learners' state
+    on resume); names the field when they do not fit."""
     with _loading(file, "policy", f"the hierarchy built from the config (levels {exp.names})"):
         exp.policy.load_state_dict(ckpt["policy"])
     exp.policy.to(exp.device)
+    saved = ckpt.get("controls")
+    if saved is None or exp.hierarchy is None:
+        return
+    target = f"the return-control rules built from the config (levels {exp.names})"
+    with _loading(file, "controls", target):
+        levels = {level.name: level for level in exp.hierarchy.levels}
+        if set(saved) - set(levels):
+            raise KeyError(f"no level named {sorted(set(saved) - set(levels))}")
+        for level in exp.hierarchy.levels:
+            modules, states = rule_modules(level.control), saved.get(level.name, [])
+            if len(modules) != len(states):
+                raise ValueError(
+                    f"level {level.name!r} has {len(modules)} learned rule modules, the "
+                    f"checkpoint {len(states)}"
+                )
+            for module, state in zip(modules, states):
+                module.load_state_dict(state)
+                module.to(exp.device)
 
 
 def restore_training(exp: Experiment, ckpt: Mapping[str, Any], file: Path) -> None:

@@ -153,8 +153,9 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> tuple[Path
         if key in baseline:
             lines.append(f"| baseline (untrained, exploring).{key} | {_fmt(baseline[key])} |")
     for name, level in (summary.get("levels") or {}).items():
+        own = " (frozen: no learner of its own)" if level.get("frozen") else ""
         lines.append(
-            f"| level {name} | {level['transitions']} transitions, {level['updates']} updates |"
+            f"| level {name} | {level['transitions']} transitions, {level['updates']} updates{own} |"
         )
     flat = summary.get("baseline_flat")
     if flat:

@@ -24,7 +24,9 @@ transitions feed their losses directly.
 Configs: each ready-made family has a factory ``*_from_config(ctx: LevelContext, **config)
 -> LevelParts`` that the Hydra configs name with ``_target_`` (``flat_from_config``,
 ``option_from_config``, ``option_conditioned_from_config``, ``subgoal_from_config``,
-``goal_conditioned_from_config``); a new family is one more such function and a YAML file.
+``goal_conditioned_from_config``, ``option_critic_option_from_config`` above
+``option_critic_intra_option_from_config``); a new family is one more such function and a
+YAML file.
 
 On-policy: ``on_policy_level(name, obs_dim, spec, algorithm="ppo")`` at any level (an option
 spec above the lowest), learnt by ``OnPolicyLearner`` from ``hierarchy.trajectories(batch)``; option-critic:
@@ -63,7 +65,16 @@ from torchrl_hier.levels.hindsight import (
     subgoal_test_penalties,
     subgoal_transitions,
 )
-from torchrl_hier.levels.option_critic import OptionCriticLoss, OptionHeads, option_critic_levels
+from torchrl_hier.levels.option_critic import (
+    OptionCriticLoss,
+    OptionHeads,
+    option_critic_intra_option_from_config,
+    option_critic_intra_option_level,
+    option_critic_levels,
+    option_critic_option_from_config,
+    option_critic_option_level,
+    option_qvalue,
+)
 from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS, on_policy_head, on_policy_level
 from torchrl_hier.levels.options import (
     OptionTermination,
@@ -78,6 +89,7 @@ from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     InputNet,
     LatticeSubgoal,
+    SingleGreedy,
     SubgoalTestFlag,
     SubgoalToAbsolute,
     actor_critic_head,
@@ -124,6 +136,11 @@ __all__ = [
     "OptionCriticLoss",
     "OptionHeads",
     "option_critic_levels",
+    "option_critic_option_level",
+    "option_critic_intra_option_level",
+    "option_qvalue",
+    "option_critic_option_from_config",
+    "option_critic_intra_option_from_config",
     "ON_POLICY_ALGORITHMS",
     "on_policy_head",
     "on_policy_level",
@@ -136,6 +153,7 @@ __all__ = [
     "option_conditioned_from_config",
     "GreedyWhenTested",
     "InputNet",
+    "SingleGreedy",
     "LatticeSubgoal",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",

@@ -59,14 +59,24 @@ class LevelParts:
     ``process`` relabels its transitions (hindsight); ``episodic`` levels get whole episodes;
     ``on_policy`` levels learn from their trajectories (``OnPolicyLearner``); ``emits`` says
     what its actions are to the level below (``"options"``, ``"subgoals"`` or ``"actions"``).
+    A ``frozen`` level has no learner of its own (``loss`` None, no ``learner`` block): its
+    networks are trained by another level's loss (option-critic's ``Q_Omega``) or not at all.
     """
 
     level: Level
-    loss: LossModule
+    loss: LossModule | None
     process: Callable[[TensorDictBase], TensorDictBase] | None = None
     episodic: bool = False
     on_policy: bool = False
     emits: str = ACTIONS
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.loss is None) != self.frozen:
+            raise ValueError(
+                f"Level {self.level.name!r}: a level has a loss unless it is frozen (no learner "
+                f"of its own); got loss={type(self.loss).__name__}, frozen={self.frozen}."
+            )
 
 
 @dataclass(frozen=True)

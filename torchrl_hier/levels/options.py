@@ -39,7 +39,7 @@ from torchrl_hier.levels.from_config import (
     on_policy_parts,
 )
 from torchrl_hier.levels.on_policy import ON_POLICY_ALGORITHMS
-from torchrl_hier.levels.parts import InputNet, conditioned_head, dqn_head, mlp
+from torchrl_hier.levels.parts import InputNet, conditioned_head, dqn_head, mlp, network
 
 __all__ = [
     "option_level",
@@ -172,6 +172,8 @@ class OptionTermination(TensorDictModuleBase):
     one-hot ``"parent_action"`` (the running option); writes ``"termination_prob"`` and
     ``"terminate"``: a Bernoulli draw while exploring, ``prob > 0.5`` in deterministic mode.
     ``init_bias`` sets the initial termination logits (-2: options first end w.p. ~0.12 a step).
+    ``net="linear"``: one bias-free linear layer (``hidden`` unused) whose weights all start at
+    ``init_bias``, a table of termination logits over one-hot observations.
     """
 
     def __init__(
@@ -181,12 +183,11 @@ class OptionTermination(TensorDictModuleBase):
         hidden: Sequence[int] = (64, 64),
         init_bias: float = -2.0,
         device: torch.device | str | None = None,
+        net: str = "mlp",
     ):
         super().__init__()
         self.n_options = n_options
-        self.net = mlp(obs_dim, n_options, hidden, device)
-        with torch.no_grad():
-            self.net[-1].bias.fill_(init_bias)
+        self.net = network(net, obs_dim, n_options, hidden, device, init=init_bias)
         self.in_keys = [("next", OBSERVATION), PARENT_ACTION]
         self.out_keys = ["termination_prob", "terminate"]
 

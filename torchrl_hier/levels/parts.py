@@ -39,7 +39,11 @@ from torchrl_hier.levels.goals import SubgoalSpace
 from torchrl_hier.smdp import masked_where
 
 __all__ = [
+    "NETS",
     "InputNet",
+    "SingleGreedy",
+    "linear",
+    "network",
     "GreedyWhenTested",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
@@ -120,6 +124,38 @@ def mlp(
         device=device,
     )
     return net if value_range is None else nn.Sequential(net, ValueRange(*value_range))
+
+
+#: Network kinds of the levels that offer a choice (``net=``): an MLP, or one bias-free
+#: linear layer (a table over one-hot features).
+NETS = ("mlp", "linear")
+
+
+def linear(in_features: int, out_features: int, device, init: float = 0.0) -> nn.Linear:
+    """A bias-free linear layer with every weight ``init``: on one-hot features (a tabular
+    observation) each input's outputs are a table row, learnt independently of the others'
+    and starting at ``init``."""
+    layer = nn.Linear(in_features, out_features, bias=False, device=device)
+    with torch.no_grad():
+        layer.weight.fill_(init)
+    return layer
+
+
+def network(
+    kind: str, in_features: int, out_features: int, hidden: Sequence[int], device,
+    init: float | None = None,
+) -> nn.Module:
+    """An :func:`mlp` (``kind="mlp"``; its last layer's bias set to ``init`` if given) or a
+    :func:`linear` layer (``"linear"``; ``hidden`` unused, every weight ``init``, default 0)."""
+    if kind == "linear":
+        return linear(in_features, out_features, device, 0.0 if init is None else init)
+    if kind != "mlp":
+        raise ValueError(f"net must be one of {list(NETS)}, got {kind!r}.")
+    net = mlp(in_features, out_features, hidden, device)
+    if init is not None:
+        with torch.no_grad():
+            net[-1].bias.fill_(init)
+    return net
 
 
 def dqn_head(
@@ -292,6 +328,31 @@ def conditioned_head(
         f"Level {name!r}: action_spec must be Categorical/OneHot (DQN) or Bounded (TD3/SAC), "
         f"got {type(action_spec).__name__}."
     )
+
+
+class SingleGreedy(TensorDictModuleBase):
+    """Makes a ``QValueActor``'s one-hot greedy ``"action"`` a single one where several
+    actions share the largest ``"action_value"`` (TorchRL's ``QValueModule`` marks every
+    maximum, which tables that start from equal values hit at every state): one of the maxima
+    drawn uniformly while exploring, the first one in deterministic mode. Place it right after
+    the ``QValueActor``."""
+
+    def __init__(self, action_key: str = ACTION, action_value_key: str = "action_value"):
+        super().__init__()
+        self.action_key, self.action_value_key = action_key, action_value_key
+        self.in_keys = [action_value_key]
+        self.out_keys = [action_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        values = tensordict.get(self.action_value_key)
+        best = values == values.max(-1, keepdim=True).values
+        if exploration_type() in _RANDOM_MODES:
+            index = torch.rand_like(values).masked_fill(~best, -1.0).argmax(-1)
+        else:
+            index = best.to(torch.uint8).argmax(-1)
+        action = tensordict.get(self.action_key)
+        one_hot = torch.nn.functional.one_hot(index, values.shape[-1]).to(action.dtype)
+        return tensordict.set(self.action_key, one_hot)
 
 
 class GreedyWhenTested(TensorDictModuleBase):
