@@ -35,9 +35,10 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from torchrl_hier._passes import COMPLETED
+from torchrl_hier.control import Tolerance, check_tolerance, within_tolerance
 from torchrl_hier.hierarchy import Hierarchy
 from torchrl_hier.level import ACTION, OBSERVATION
-from torchrl_hier.levels.goals import GoalReward, SubgoalSpace, goal_distance
+from torchrl_hier.levels.goals import GoalReward, SubgoalSpace
 
 __all__ = [
     "EPISODE_KEY",
@@ -392,7 +393,7 @@ def subgoal_test_penalties(
     td: TensorDictBase,
     space: SubgoalSpace,
     *,
-    tolerance: float,
+    tolerance: Tolerance,
     penalty: float,
     norm: float = 2.0,
     level: str = "this level",
@@ -401,8 +402,7 @@ def subgoal_test_penalties(
     below did not reach within ``tolerance``, keeping their original action, with reward
     ``penalty`` (HAC uses ``-H``) and marked terminal. Transitions cut by the episode's end
     (done) are not penalised: the subgoal did not get its full horizon."""
-    if not tolerance > 0:
-        raise ValueError(f"Level {level!r}: the goal tolerance must be positive, got {tolerance!r}.")
+    tolerance = check_tolerance(tolerance, f"Level {level!r}")
     subgoal, tested = _split(space, td.get(ACTION), level)
     if tested is None:
         raise ValueError(
@@ -410,7 +410,7 @@ def subgoal_test_penalties(
             "it with subgoal_level(...) or skip subgoal_test_penalties."
         )
     achieved = space.achieved(td.get(("next", OBSERVATION)))
-    missed = goal_distance(achieved, subgoal, norm) > tolerance
+    missed = ~within_tolerance(achieved, subgoal, tolerance, norm)
     done = td.get(("next", "done")).reshape(missed.shape)
     out = td[tested & missed & ~done].clone()
     reward = out.get(("next", "reward"))
@@ -441,7 +441,7 @@ def subgoal_transitions(
     td: TensorDictBase,
     space: SubgoalSpace,
     *,
-    tolerance: float,
+    tolerance: Tolerance,
     penalty: float | None = None,
     hindsight_action: bool = True,
     goals: HindsightGoals | None = None,
