@@ -10,15 +10,26 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from tensordict import TensorDict
+from torchrl.data import Bounded
 from torchrl.envs import GymEnv, TransformedEnv
-from torchrl.envs.utils import check_env_specs
+from torchrl.envs.utils import ExplorationType, check_env_specs, set_exploration_type
 
 from torchrl_hier.control import GoalReached, check_tolerance, within_tolerance
 from torchrl_hier.envs import FixedGoal, goal_gym_env, make_env
 from torchrl_hier.envs.goal_env import MOUNTAIN_CAR_HAC
 from torchrl_hier.errors import ConfigError
 from torchrl_hier.experiment.builders import build_experiment
-from torchrl_hier.levels import GoalReward, SubgoalSpace, subgoal_test_penalties
+from torchrl_hier.levels import (
+    GaussianOrUniform,
+    GoalReward,
+    GoalSlot,
+    HindsightGoals,
+    SubgoalSpace,
+    actor_critic_head,
+    exploration_modules,
+    subgoal_attempts,
+    subgoal_test_penalties,
+)
 
 
 def compose_cfg(overrides):
@@ -183,3 +194,71 @@ def test_goal_reward_for_the_top_level_needs_an_env_goal():
                        "task.goal.tolerance=[0.1,0.1,0.1]"])
     with pytest.raises(ConfigError, match="3 goal tolerances for a goal of 2 components"):
         build_experiment(cfg, n_envs=1, seed=0)
+
+
+# ----------------------------------------------------------------------------- HAC's parts
+def _attempts_td():
+    # one episode of 6 steps pursuing subgoals a, a, b, b, b (test flag toggles), then a new
+    # episode with subgoal b again
+    sub = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0],
+                        [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    nxt = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    return TensorDict(
+        {
+            "observation": torch.zeros(6, 2), "parent_action": sub, "action": torch.zeros(6, 1),
+            "steps_to_next_obs": torch.ones(6, 1, dtype=torch.long),
+            "episode": torch.tensor([0, 0, 0, 0, 0, 1]),
+            "next": {"observation": nxt, "parent_action": sub, "reward": torch.zeros(6, 1),
+                     "done": torch.zeros(6, 1, dtype=torch.bool),
+                     "terminated": torch.zeros(6, 1, dtype=torch.bool),
+                     "truncated": torch.zeros(6, 1, dtype=torch.bool)},
+        },
+        [6],
+    )
+
+
+def test_subgoal_attempts_split_episodes_where_the_subgoal_changes():
+    td = _attempts_td()
+    assert subgoal_attempts(td, goal_dim=2).tolist() == [1, 1, 2, 2, 2, 3]
+    # the test flag is part of the parent action, so without goal_dim it splits attempts too
+    assert subgoal_attempts(td).tolist() == [1, 2, 3, 3, 4, 5]
+
+
+@pytest.mark.parametrize("scope", ["episode", "subgoal"])
+def test_hindsight_scope_subgoal_draws_goals_from_the_same_attempt_only(scope):
+    td = _attempts_td()
+    space = SubgoalSpace((0, 1), -100.0, 100.0)
+    her = HindsightGoals(GoalReward(space, 0.5), k=50, strategy="future", scope=scope)
+    sources = her.goal_sources(td, torch.Generator().manual_seed(0))
+    last = torch.tensor([1, 1, 4, 4, 4, 5]) if scope == "subgoal" else torch.tensor([4] * 5 + [5])
+    assert bool((sources <= last).all()) and bool((sources >= torch.arange(6)).all())
+    assert int(sources.max(0).values[0]) == int(last[0])  # reaches its scope's end
+    out = her(td)
+    assert out.shape[0] == 6 * 51
+
+
+def test_hindsight_scope_is_checked():
+    space = SubgoalSpace((0, 1), -1.0, 1.0)
+    with pytest.raises(ValueError, match="unknown hindsight scope 'attempt'"):
+        HindsightGoals(GoalReward(space, 0.5), scope="attempt")
+    with pytest.raises(ValueError, match="scope 'subgoal' needs a goal from the level above"):
+        HindsightGoals(GoalReward(space, 0.5, goal=GoalSlot.observation((2, 3))), scope="subgoal")
+
+
+def test_gaussian_or_uniform_mixes_uniform_actions_only_while_exploring():
+    spec = Bounded(-torch.ones(2), torch.ones(2), (2,))
+    module = GaussianOrUniform(spec, std=1e-3, random_probability=0.3)
+    td = TensorDict({"action": torch.zeros(4000, 2)}, [4000])
+    with set_exploration_type(ExplorationType.RANDOM):
+        action = module(td.clone())["action"]
+    uniform = (action.abs() > 0.01).any(-1).float().mean()
+    assert 0.25 < float(uniform) < 0.35
+    assert bool((action.abs() <= 1).all())
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        assert torch.equal(module(td.clone())["action"], td["action"])
+    with pytest.raises(ValueError, match="random_probability must be in"):
+        GaussianOrUniform(spec, random_probability=1.5)
+    # the ready-made TD3 head builds it from its random_probability
+    policy, _, _ = actor_critic_head(3, spec, random_probability=0.2)
+    (explore,) = exploration_modules(policy)
+    assert isinstance(explore, GaussianOrUniform) and explore.random_probability == 0.2

@@ -52,6 +52,7 @@ from torchrl_hier.levels.goals import (
 )
 from torchrl_hier.levels.hindsight import (
     EPISODE_KEY,
+    SCOPES,
     STRATEGIES,
     EpisodeBuffer,
     HindsightGoals,
@@ -59,6 +60,7 @@ from torchrl_hier.levels.hindsight import (
     episode_bounds,
     hindsight_actions,
     stream_ids,
+    subgoal_attempts,
     subgoal_learner_frame,
     subgoal_test_penalties,
     subgoal_transitions,
@@ -75,6 +77,7 @@ from torchrl_hier.levels.options import (
     option_spec,
 )
 from torchrl_hier.levels.parts import (
+    GaussianOrUniform,
     GreedyWhenTested,
     InputNet,
     LatticeSubgoal,
@@ -111,6 +114,7 @@ __all__ = [
     "check_goal_keys",
     "goal_distance",
     "EPISODE_KEY",
+    "SCOPES",
     "STRATEGIES",
     "EpisodeBuffer",
     "HindsightGoals",
@@ -118,6 +122,7 @@ __all__ = [
     "episode_bounds",
     "hindsight_actions",
     "stream_ids",
+    "subgoal_attempts",
     "subgoal_learner_frame",
     "subgoal_test_penalties",
     "subgoal_transitions",
@@ -139,6 +144,7 @@ __all__ = [
     "LatticeSubgoal",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
+    "GaussianOrUniform",
     "actor_critic_head",
     "anneal_exploration",
     "dqn_head",

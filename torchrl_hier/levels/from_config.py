@@ -114,6 +114,7 @@ def exploration_settings(exploration: Mapping[str, Any] | None) -> dict[str, Any
         "eps_end": float(ex.get("eps_end", 0.05)),
         "annealing_num_steps": int(ex.get("annealing_num_steps", 10_000)),
         "noise_std": float(ex.get("noise_std", 0.1)),
+        "random_probability": float(ex.get("random_probability", 0.0)),
     }
 
 

@@ -64,7 +64,7 @@ from torchrl_hier.levels.goals import (
     SubgoalSpace,
     check_goal_env,
 )
-from torchrl_hier.levels.hindsight import HindsightGoals, subgoal_transitions
+from torchrl_hier.levels.hindsight import SCOPES, HindsightGoals, subgoal_transitions
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -210,6 +210,7 @@ def subgoal_level(
     eps_end: float = 0.05,
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -238,6 +239,8 @@ def subgoal_level(
             :func:`~torchrl_hier.levels.dqn_head`).
         value_range: ``(low, high)`` bounds of its Q-values (HAC bounds them by the returns the
             level can get, e.g. ``(0, 1)`` for a 0/1 goal reward); ``None``: unbounded.
+        random_probability: TD3: the share of exploring subgoals drawn uniformly from the
+            space (HAC: 0.2) instead of noised (:class:`~torchrl_hier.levels.GaussianOrUniform`).
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -286,6 +289,7 @@ def subgoal_level(
             noise_end=noise_end,
             annealing_num_steps=annealing_num_steps,
             value_range=value_range,
+            random_probability=random_probability,
             device=device,
         )
         modules = [policy]
@@ -333,6 +337,7 @@ def goal_conditioned_level(
     noise_std: float = 0.1,
     noise_end: float | None = None,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     lowest: bool = True,
@@ -356,6 +361,7 @@ def goal_conditioned_level(
         horizon: HAC's H, in this level's steps (``None``: only reaching ends a subgoal).
         algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
         value_range: ``(low, high)`` bounds of its Q-values, e.g. HAC's ``(-horizon, 0)``.
+        random_probability: TD3: the share of exploring actions drawn uniformly (HAC: 0.2).
         lowest: True when it emits the env action.
         env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
             entries matching ``goal_space``).
@@ -375,7 +381,7 @@ def goal_conditioned_level(
         name, obs_dim, action_spec, algorithm, parent_dim=parent_dim, goal_space=goal_space,
         hidden=hidden, gamma=gamma, eps_init=eps_init, eps_end=eps_end,
         annealing_num_steps=annealing_num_steps, noise_std=noise_std, noise_end=noise_end,
-        value_range=value_range, device=device,
+        value_range=value_range, random_probability=random_probability, device=device,
     )
     level = Level(
         name,
@@ -406,6 +412,7 @@ def subgoal_from_config(
     exploration: Mapping[str, Any] | None = None,
     reward: str = "env",
     value_range: Sequence[float] | None = None,
+    hindsight_scope: str = "episode",
 ) -> LevelParts:
     """A HAC subgoal level (config family ``subgoal``) proposing positions in the task's goal
     space (TD3 or SAC). At the top it pursues the env goal (relabelled with HER when
@@ -416,7 +423,8 @@ def subgoal_from_config(
     HAC gives every level (``task.goal.not_reached`` per env step, ``task.goal.reached`` on
     reaching the env goal within ``task.goal.tolerance``), for tasks whose env reward is not
     that sparse goal reward (e.g. MountainCar's). ``value_range: [low, high]`` bounds its
-    Q-values, as HAC does."""
+    Q-values, as HAC does. ``hindsight_scope: subgoal`` (below the top) relabels with goals of
+    the same attempt at the subgoal above only (``HindsightGoals(scope=...)``)."""
     where = ctx.where
     if ctx.lowest:
         raise ConfigError(f"{where} is a subgoal level: it emits subgoals, so it cannot be the lowest level.")
@@ -429,6 +437,11 @@ def subgoal_from_config(
     norm = goal_norm(task)
     if reward not in ("env", "goal"):
         raise ConfigError(f"{where}.reward={reward!r}; choose env or goal.")
+    if hindsight_scope not in SCOPES or (hindsight_scope != "episode" and ctx.above is None):
+        raise ConfigError(
+            f"{where}.hindsight_scope={hindsight_scope!r}; choose one of {list(SCOPES)} "
+            "('subgoal' only below another subgoal level: the top level pursues the env goal)."
+        )
     own_goal_space, goals, env_goal_reward = None, None, None
     k = int(hindsight_k)
     if ctx.above is not None:
@@ -438,6 +451,7 @@ def subgoal_from_config(
         goals = HindsightGoals(
             GoalReward(own_goal_space, tolerance, goal=GoalSlot.parent(own_goal_space.dim), norm=norm),
             gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name,
+            scope=hindsight_scope,
         )
     elif task["goal"].get("desired_indices") is not None:
         # the top level pursues the env's goal: relabel it with achieved positions, with the
@@ -468,6 +482,7 @@ def subgoal_from_config(
         reward=env_goal_reward if reward == "goal" else None,
         hidden=tuple(hidden), gamma=gamma, noise_std=ex["noise_std"],
         annealing_num_steps=ex["annealing_num_steps"],
+        random_probability=ex["random_probability"],
         value_range=value_range_setting(value_range, where), device=ctx.device,
     )
     process = functools.partial(
@@ -493,12 +508,15 @@ def goal_conditioned_from_config(
     gamma: float = 0.99,
     exploration: Mapping[str, Any] | None = None,
     value_range: Sequence[float] | None = None,
+    hindsight_scope: str = "episode",
 ) -> LevelParts:
     """The lowest level of a subgoal hierarchy (config family ``goal_conditioned``): acts in
     the env to reach the subgoal above within ``horizon`` steps, rewarded ``not_reached`` per
     step and ``reached`` on reaching it, with hindsight goals (``HindsightGoals``).
     ``observation: achieved`` shows it only its achieved goal (e.g. its position);
-    ``value_range: [low, high]`` bounds its Q-values (HAC: ``[-horizon, 0]``)."""
+    ``value_range: [low, high]`` bounds its Q-values (HAC: ``[-horizon, 0]``);
+    ``hindsight_scope: subgoal`` relabels with goals reached while pursuing the same subgoal
+    only, as HAC does (``episode``: anywhere later in the episode)."""
     where = ctx.where
     if ctx.above is None or ctx.above.emits != SUBGOALS:
         raise ConfigError(f"{where} is goal-conditioned, so it needs a subgoal level right above it.")
@@ -516,6 +534,8 @@ def goal_conditioned_from_config(
     norm = goal_norm(task)
     tolerance = goal_tolerance(task, where, tolerance)
     obs_dim, obs_map, obs_shape, own_space = ctx.obs_dim, None, None, space
+    if hindsight_scope not in SCOPES:
+        raise ConfigError(f"{where}.hindsight_scope={hindsight_scope!r}; choose one of {list(SCOPES)}.")
     if observation == "achieved":
         # the level sees only its achieved goal (e.g. its position): what it needs to reach a
         # subgoal, and it generalises across env goals it does not pursue
@@ -531,10 +551,12 @@ def goal_conditioned_from_config(
         hidden=tuple(hidden), gamma=gamma, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
         annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
         value_range=value_range_setting(value_range, where),
+        random_probability=ex["random_probability"],
         obs_map=obs_map, obs_shape=obs_shape, lowest=True, device=ctx.device,
     )
     goals = HindsightGoals(
         GoalReward(own_space, tolerance, reached=reached, not_reached=not_reached, norm=norm),
         gamma=gamma, strategy=hindsight_strategy, k=int(hindsight_k), level=ctx.name,
+        scope=hindsight_scope,
     )
     return LevelParts(level, loss, process=goals, episodic=True)
