@@ -12,7 +12,8 @@ and the flat baseline is the ready-made flat level (TD3) at the same budget of e
 - ``hac-2level``: ``hierarchy=hac`` (top subgoal level + primitive level, H = 20); training
   episodes last at most H**2 = 400 steps, as in the port (its top level also has H attempts);
 - ``hac-3level``: ``hierarchy=hac_3level`` (H = 5 at every level, episodes of <= 125 steps);
-- ``flat-td3``: ``hierarchy=flat`` with TD3 on the env reward, on gymnasium's 999-step episodes.
+- ``flat-td3``: ``hierarchy=flat`` with TD3 on the env reward (HAC's exploration and its
+  primitive level's learner settings), on the 2-level runs' 400-step training episodes.
 
 Every run trains with TorchRL's ``Collector`` for a budget of training episodes and, every
 ``--eval-every`` episodes, runs ``--eval-episodes`` fresh greedy episodes
@@ -67,12 +68,15 @@ CONFIGS: dict[str, Config] = {
     "hac-2level": Config("hac", 20**2),
     "hac-3level": Config("hac_3level", 5**3),
     "flat-td3": Config(
-        "flat", 999,
+        "flat", 20**2,
         (
             "hierarchy.levels.agent.algorithm=td3", "hierarchy.levels.agent.hindsight_k=0",
             "hierarchy.levels.agent.hidden=[64,64]", "hierarchy.levels.agent.gamma=0.99",
-            "hierarchy.levels.agent.exploration.noise_std=0.5",
-            "hierarchy.levels.agent.exploration.annealing_num_steps=100000",
+            # HAC's exploration (Gaussian noise, 20 % uniform actions), its primitive level's
+            # network, learning rate, batch and gradient steps per env step (0.05 x 5 rows)
+            "hierarchy.levels.agent.exploration.noise_std=0.1",
+            "+hierarchy.levels.agent.exploration.random_probability=0.2",
+            "hierarchy.levels.agent.exploration.annealing_num_steps=10000",
             "hierarchy.levels.agent.learner.lr=0.001",
             "hierarchy.levels.agent.learner.batch_size=128",
             "hierarchy.levels.agent.learner.warmup=1000",
@@ -191,8 +195,10 @@ def random_return(seed: int, episodes: int = 10) -> float:
     return float((reward * alive).sum(-1).mean())
 
 
-def _short(logs: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.3g}" for k, v in sorted(logs.items()) if "loss" in k)
+def _short(logs: dict[str, dict[str, float]]) -> str:
+    """The levels' mean losses of the last update, ``level/loss=value``."""
+    return " ".join(f"{level}/{k}={v:.3g}" for level, values in sorted(logs.items())
+                    for k, v in sorted(values.items()) if "loss" in k)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -293,8 +299,8 @@ def main() -> None:
     meta = {"machine": platform.platform(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},
             "random_return": random_return(0, args.eval_episodes)}
-    for name in args.configs:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: a stopped benchmark has every config on some seeds
+        for name in args.configs:
             runs.append(train(name, seed, args.episodes, args.eval_every, args.eval_episodes,
                               args.envs, overrides=args.override))
             meta["wall_s"] = time.perf_counter() - start
