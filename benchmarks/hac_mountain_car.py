@@ -108,12 +108,14 @@ def train(
     steps_per_batch: int = 50,
     overrides: Sequence[str] = (),
     train_steps: int | None = None,
+    keep: list | None = None,
 ) -> dict:
     """Trains run ``name`` with ``seed`` for ``episodes`` training episodes (all env instances
     together); returns its greedy-return curve (against episodes and env steps) and timings.
 
     ``overrides`` are Hydra overrides on top of the config's; ``train_steps`` replaces the
-    training episodes' step limit (the tests use both for tiny versions)."""
+    training episodes' step limit (the tests use both for tiny versions); the trained
+    ``Experiment`` is appended to ``keep`` if given."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("RL_WARNINGS", "False")
@@ -164,6 +166,8 @@ def train(
         if done_episodes >= episodes:
             break
     collector.shutdown()
+    if keep is not None:
+        keep.append(exp)
     greedy = [r for _, _, r in curve]
     solved_at = next((e for e, _, r in curve if r >= SOLVED), None)
     return {
