@@ -101,7 +101,7 @@ def test_subgoal_tests_use_the_per_component_tolerance():
 # ----------------------------------------------------------------------------- FixedGoal
 def test_fixed_goal_adds_goal_keys_appends_the_goal_and_tests_success():
     env = TransformedEnv(
-        GymEnv("Pendulum-v1"), FixedGoal((0, 1), (1.0, 0.0), (0.05, 0.05), success_key="is_success")
+        GymEnv("Pendulum-v1"), FixedGoal((0, 1), (1.0, 0.0), (0.05, 0.05), success="goal")
     )
     check_env_specs(env)
     td = env.rollout(5)
@@ -118,6 +118,8 @@ def test_fixed_goal_adds_goal_keys_appends_the_goal_and_tests_success():
 def test_fixed_goal_checks_its_arguments():
     with pytest.raises(ValueError, match="one per goal component"):
         FixedGoal((0, 1), (1.0, 0.0, 2.0))
+    with pytest.raises(ValueError, match="success='reached'; choose one of"):
+        FixedGoal((0, 1), (1.0, 0.0), success="reached")
     with pytest.raises(ValueError, match="distinct goal indices"):
         FixedGoal((0, 0), (1.0, 0.0))
     with pytest.raises(ValueError, match="out of range"):
@@ -148,6 +150,7 @@ def test_vectorized_mountain_car_resets_each_instance_and_keeps_the_env_reward()
     assert td["next", "truncated"].squeeze(-1)[:, 6].all()
     action = td["action"].squeeze(-1)
     assert torch.allclose(td["next", "reward"].squeeze(-1), -0.1 * action**2, atol=1e-6)
+    assert not td["next", "is_success"].any()  # success is reaching the flag: terminated
     serial = make_env("MountainCarContinuous", batch_size=2, seed=0, vectorized=False)
     assert serial.observation_spec["observation"].shape == env.observation_spec["observation"].shape
 
@@ -262,3 +265,19 @@ def test_gaussian_or_uniform_mixes_uniform_actions_only_while_exploring():
     policy, _, _ = actor_critic_head(3, spec, random_probability=0.2)
     (explore,) = exploration_modules(policy)
     assert isinstance(explore, GaussianOrUniform) and explore.random_probability == 0.2
+
+
+def test_mountain_car_success_is_reaching_the_flag():
+    env = make_env("MountainCarContinuous", batch_size=2, seed=0)
+    td = env.reset()
+    assert not td["is_success"].any()
+    # a bang-bang policy: push in the direction of the velocity, which reaches the flag
+    for _ in range(300):
+        velocity = td["observation"][:, 1:2]
+        td["action"] = torch.where(velocity >= 0, 1.0, -1.0)
+        td = env.step(td)
+        if td["next", "done"].any():
+            break
+        td = td["next"]
+    assert torch.equal(td["next", "is_success"], td["next", "terminated"])
+    assert td["next", "terminated"].any() and td["next", "reward"].max() > 90

@@ -27,7 +27,7 @@ STEPS = 50
 # the car gets there by pushing right for ~20 steps, which random actions rarely do
 NEAR_GOAL = [
     "+task.kwargs.goal=[-0.3,0.0]", "+task.kwargs.tolerance=[0.03,0.07]",
-    "+task.kwargs.success=true", "task.goal.tolerance=[0.03333,1.0]",
+    "+task.kwargs.success=goal", "task.goal.tolerance=[0.03333,1.0]",
     f"+task.kwargs.max_episode_steps={STEPS}", f"task.max_episode_steps={STEPS}",
 ]
 TINY = [

@@ -23,7 +23,11 @@ from torchrl.envs import Compose, EnvBase, ObservationNorm, Transform, Transform
 
 from torchrl_hier.control import Tolerance, check_tolerance, within_tolerance
 
-__all__ = ["FixedGoal", "goal_gym_env", "MOUNTAIN_CAR_HAC", "mountain_car_hac"]
+__all__ = ["FixedGoal", "SUCCESS_TESTS", "goal_gym_env", "MOUNTAIN_CAR_HAC", "mountain_car_hac"]
+
+#: What :class:`FixedGoal` reports as ``"is_success"``: nothing, reaching the goal within its
+#: tolerance, or the env's own termination (for tasks that terminate only on success).
+SUCCESS_TESTS = (None, "goal", "terminated")
 
 
 def _vector(value: float | Sequence[float], n: int, what: str) -> torch.Tensor:
@@ -46,16 +50,19 @@ class FixedGoal(Transform):
     - ``observation_key`` with the goal appended (``append=True``), as the built-in mazes carry
       it, so a goal-conditioned top level sees the goal and hindsight can relabel it at the
       observation's last ``len(goal)`` components (:attr:`desired_indices`);
-    - ``success_key`` (if not ``None``): whether the achieved goal is within ``tolerance``
-      (a number, or one per component) of the goal under ``norm``.
+    - ``success_key`` (``"is_success"``), if ``success`` is given: with ``"goal"``, whether
+      the achieved goal is within ``tolerance`` (a number, or one per component) of the goal
+      under ``norm``; with ``"terminated"``, whether the env terminated at this step, for tasks
+      that terminate only on success (MountainCar: reaching the flag).
 
     The env's reward, termination and truncation are untouched.
 
     Args:
         indices: observation components forming the achieved goal, e.g. ``(0, 1)``.
         goal: the desired goal, one value per index.
-        tolerance: for ``success_key``: a positive distance, or one per component.
+        tolerance: for ``success="goal"``: a positive distance, or one per component.
         norm: the distance norm of the success test (``float("inf")``: per component).
+        success: ``None`` (no success entry), ``"goal"`` or ``"terminated"``.
     """
 
     def __init__(
@@ -67,12 +74,17 @@ class FixedGoal(Transform):
         norm: float = float("inf"),
         observation_key: str = "observation",
         append: bool = True,
-        success_key: str | None = None,
+        success: str | None = None,
+        success_key: str = "is_success",
     ):
         indices = tuple(int(i) for i in indices)
         if not indices or len(set(indices)) != len(indices):
             raise ValueError(f"FixedGoal needs distinct goal indices, got {indices!r}.")
-        out_keys = ["achieved_goal", "desired_goal"] + ([] if success_key is None else [success_key])
+        if success not in SUCCESS_TESTS:
+            raise ValueError(
+                f"FixedGoal: success={success!r}; choose one of {list(SUCCESS_TESTS)}."
+            )
+        out_keys = ["achieved_goal", "desired_goal"] + ([] if success is None else [success_key])
         super().__init__(in_keys=[observation_key], out_keys=out_keys)
         self.indices = indices
         self.register_buffer("goal", _vector(goal, len(indices), "FixedGoal's goal"))
@@ -86,6 +98,7 @@ class FixedGoal(Transform):
         self.norm = float(norm)
         self.observation_key = observation_key
         self.append = bool(append)
+        self.success = success
         self.success_key = success_key
         self._obs_dim: int | None = None
 
@@ -111,9 +124,15 @@ class FixedGoal(Transform):
         goal = self.goal.to(observation.device, observation.dtype).expand_as(achieved)
         td.set("achieved_goal", achieved)
         td.set("desired_goal", goal)
-        if self.success_key is not None:
-            reached = within_tolerance(achieved, goal, self.tolerance, self.norm)
-            td.set(self.success_key, reached.unsqueeze(-1))
+        if self.success == "goal":
+            reached = within_tolerance(achieved, goal, self.tolerance, self.norm).unsqueeze(-1)
+            td.set(self.success_key, reached)
+        elif self.success == "terminated":
+            terminated = td.get("terminated", None)
+            if terminated is None:  # at reset
+                terminated = torch.zeros((*achieved.shape[:-1], 1), dtype=torch.bool,
+                                         device=achieved.device)
+            td.set(self.success_key, terminated.reshape(*achieved.shape[:-1], 1).bool())
         if self.append:
             td.set(self.observation_key, torch.cat([observation, goal], -1))
         return td
@@ -149,7 +168,7 @@ class FixedGoal(Transform):
             goal.expand(goal_shape), goal.expand(goal_shape) + 0.0, goal_shape,
             dtype=spec.dtype, device=device,
         )
-        if self.success_key is not None:
+        if self.success is not None:
             observation_spec[self.success_key] = Categorical(
                 2, (*shape[:-1], 1), dtype=torch.bool, device=device
             )
@@ -180,7 +199,7 @@ def goal_gym_env(
     norm: float = float("inf"),
     obs_loc: float | Sequence[float] | None = None,
     obs_scale: float | Sequence[float] | None = None,
-    success: bool = False,
+    success: str | None = None,
     vectorized: bool = True,
     **kwargs: Any,
 ) -> TransformedEnv:
@@ -194,7 +213,8 @@ def goal_gym_env(
     With ``obs_scale`` (and ``obs_loc``) the observation is first rescaled to
     ``obs * obs_scale + obs_loc`` (TorchRL's ``ObservationNorm``), e.g. into ``[-1, 1]`` per
     component; ``goal`` and ``tolerance`` are given in the env's own units and rescaled with it.
-    ``success=True`` adds ``"is_success"`` (the achieved goal within ``tolerance``).
+    ``success`` adds ``"is_success"`` (``"goal"``: the achieved goal within ``tolerance``;
+    ``"terminated"``: the env's termination).
     ``kwargs`` go to ``GymEnv`` (e.g. ``max_episode_steps``).
     """
     base = _gym_base(name, batch_size, device, seed, vectorized, **kwargs)
@@ -218,8 +238,7 @@ def goal_gym_env(
         tol_t = torch.as_tensor(tol, dtype=torch.float32).expand(n) * scale[index]
         tol = tuple(tol_t.tolist()) if isinstance(tol, tuple) or n > 1 else float(tol_t)
     transforms.append(
-        FixedGoal(indices, goal_t.tolist(), tol, norm=norm,
-                  success_key="is_success" if success else None)
+        FixedGoal(indices, goal_t.tolist(), tol, norm=norm, success=success)
     )
     return TransformedEnv(base, Compose(*transforms))
 
@@ -249,8 +268,10 @@ def _gym_base(
 
 #: HAC's MountainCar set-up (the PyTorch port of "Learning Multi-Level Hierarchies with
 #: Hindsight"): goal state (position 0.48, velocity 0.04) within (0.01, 0.02) per component,
-#: state rescaled into [-1, 1] (position in [-1.2, 0.6], velocity in [-0.07, 0.07]).
+#: state rescaled into [-1, 1] (position in [-1.2, 0.6], velocity in [-0.07, 0.07]);
+#: ``"is_success"`` is the env's own success (it terminates only at the flag).
 MOUNTAIN_CAR_HAC: dict[str, Any] = dict(
+    success="terminated",
     indices=(0, 1),
     goal=(0.48, 0.04),
     tolerance=(0.01, 0.02),
@@ -264,6 +285,6 @@ def mountain_car_hac(**kwargs: Any) -> TransformedEnv:
     """``MountainCarContinuous-v0`` with HAC's goal (:data:`MOUNTAIN_CAR_HAC`, overridable by
     ``kwargs``), state rescaled into ``[-1, 1]``; observation ``(position, velocity,
     goal position, goal velocity)``, the env's own reward (100 on reaching the flag minus
-    0.1 * action**2 per step) and termination."""
+    0.1 * action**2 per step) and termination; ``"is_success"``: reaching the flag."""
     return goal_gym_env("MountainCarContinuous-v0", **{**MOUNTAIN_CAR_HAC, **kwargs})
 
