@@ -53,6 +53,7 @@ from torchrl_hier.experiment.builders import EPISODE_RETURN, build_experiment, m
 
 RESULTS = Path(__file__).parent / "results"
 SOLVED = 90.0  # the env's own threshold (gymnasium's reward_threshold)
+COMPILE = os.environ.get("HAC_COMPILE", "false")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def make_config(name: str, seed: int, overrides: Sequence[str] = ()) -> DictConf
     config = CONFIGS[name]
     args = [
         "task=MountainCarContinuous", f"hierarchy={config.hierarchy}", f"seed={seed}",
-        "compile=false", "progress=false", *config.overrides, *overrides,
+        "compile=" + COMPILE, "progress=false", *config.overrides, *overrides,
     ]
     with initialize_config_module("torchrl_hier.conf", version_base=None):
         return compose("config", overrides=args)
