@@ -357,7 +357,8 @@ def goal_conditioned_level(
             (``Categorical``/``OneHot``: DQN; ``Bounded``: TD3 or SAC).
         goal_space: the subgoal space of the level above (its projection gives the achieved
             goal of this level's observation).
-        tolerance: positive distance under which the subgoal counts as reached.
+        tolerance: positive distance under which the subgoal counts as reached, or one per
+            goal component (HAC's thresholds; :func:`~torchrl_hier.control.within_tolerance`).
         horizon: HAC's H, in this level's steps (``None``: only reaching ends a subgoal).
         algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
         value_range: ``(low, high)`` bounds of its Q-values, e.g. HAC's ``(-horizon, 0)``.
