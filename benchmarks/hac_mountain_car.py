@@ -53,6 +53,8 @@ from torchrl_hier.experiment.builders import EPISODE_RETURN, build_experiment, m
 
 RESULTS = Path(__file__).parent / "results"
 SOLVED = 90.0  # the env's own threshold (gymnasium's reward_threshold)
+# `compile` of every run (HAC_COMPILE=true: torch.compile the gradient steps; its warm-up of
+# ~70-110 s per learner under load did not pay off in 200 episodes here)
 COMPILE = os.environ.get("HAC_COMPILE", "false")
 
 
