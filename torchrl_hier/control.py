@@ -32,7 +32,59 @@ __all__ = [
     "AnyOf",
     "AllOf",
     "rule_modules",
+    "Tolerance",
+    "check_tolerance",
+    "within_tolerance",
 ]
+
+#: A goal tolerance: one distance for all components, or one per component (HAC's thresholds,
+#: e.g. ``(0.01, 0.02)`` for MountainCar's position and velocity).
+Tolerance = float | tuple[float, ...]
+
+
+def check_tolerance(tolerance, who: str = "This goal check") -> Tolerance:
+    """``tolerance`` as a float, or a tuple of floats (one per goal component), all positive;
+    raises a clear error naming ``who`` otherwise."""
+    if isinstance(tolerance, Tensor):
+        tolerance = tolerance.tolist()
+    values = tuple(tolerance) if isinstance(tolerance, (list, tuple)) else (tolerance,)
+    if not values or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise TypeError(
+            f"{who} needs a positive tolerance: a number, or a non-empty sequence of numbers "
+            f"(one per goal component), got {tolerance!r}."
+        )
+    if not all(v > 0 for v in values):
+        raise ValueError(
+            f"{who} needs a positive tolerance: the goal tolerance must be positive (a positive "
+            "goal tolerance is the distance under which the goal counts as reached; a sequence "
+            f"gives one per component), got {tolerance!r}."
+        )
+    if isinstance(tolerance, (list, tuple)):
+        return tuple(float(v) for v in values)
+    return float(tolerance)
+
+
+def within_tolerance(
+    achieved: Tensor, goal: Tensor, tolerance: Tolerance, norm: float = 2.0
+) -> Tensor:
+    """Whether ``achieved`` is within ``tolerance`` of ``goal`` (last dim: components).
+
+    A float tolerance bounds ``||achieved - goal||_norm``; a per-component one bounds
+    ``||(achieved - goal) / tolerance||_norm`` by 1, so with ``norm=inf`` every component must
+    be within its own tolerance (HAC's goal test).
+    """
+    diff = (achieved - goal).float()
+    if isinstance(tolerance, tuple):
+        if len(tolerance) != diff.shape[-1]:
+            raise ValueError(
+                f"A per-component tolerance of {len(tolerance)} entries for goals of "
+                f"{diff.shape[-1]} components; give one tolerance per component (or a number)."
+            )
+        scale = torch.as_tensor(tolerance, dtype=diff.dtype, device=diff.device)
+        return torch.linalg.vector_norm(diff / scale, ord=norm, dim=-1) <= 1.0
+    return torch.linalg.vector_norm(diff, ord=norm, dim=-1) <= tolerance
 
 
 class LevelStep:
@@ -218,7 +270,8 @@ class GoalReached(ReturnControlRule):
     """Hands control back when the achieved goal is within ``tolerance`` of the commanded one.
 
     Args:
-        tolerance: positive distance under which the goal counts as reached.
+        tolerance: positive distance under which the goal counts as reached, or one per
+            component (:func:`within_tolerance`).
         achieved: where the achieved goal is read: a key of the env's next TensorDict, a callable
             ``LevelStep -> Tensor``, or ``None`` for the level's mapped next observation.
         goal: where the commanded goal is read: a key of the env's root TensorDict, a callable,
@@ -226,14 +279,15 @@ class GoalReached(ReturnControlRule):
         norm: the ``ord`` of :func:`torch.linalg.vector_norm` (2, or ``float("inf")``).
     """
 
-    tolerance: float
+    tolerance: Tolerance
     achieved: NestedKey | Callable[[LevelStep], Tensor] | None = None
     goal: NestedKey | Callable[[LevelStep], Tensor] | None = None
     norm: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.tolerance > 0:
-            raise ValueError(f"GoalReached needs a positive tolerance, got {self.tolerance!r}.")
+        object.__setattr__(
+            self, "tolerance", check_tolerance(self.tolerance, "GoalReached")
+        )
 
     def achieved_goal(self, step: LevelStep) -> Tensor:
         return _read(self.achieved, step, step.next, step.next_observation, "achieved")
@@ -250,8 +304,7 @@ class GoalReached(ReturnControlRule):
                 f"{tuple(achieved.shape)} but commanded goal has shape {tuple(goal.shape)}; "
                 "pass achieved=/goal= that pick matching components."
             )
-        distance = torch.linalg.vector_norm((achieved - goal).float(), ord=self.norm, dim=-1)
-        return distance <= self.tolerance
+        return within_tolerance(achieved, goal, self.tolerance, self.norm)
 
 
 def _read(

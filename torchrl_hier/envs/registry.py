@@ -174,6 +174,14 @@ def _register_builtins() -> None:
                     min_distance=min_distance,
                 ),
             )
+    # gymnasium's MountainCarContinuous-v0 with HAC's fixed goal (envs.goal_env)
+    register_env("MountainCarContinuous", _mountain_car)
+
+
+def _mountain_car(**kwargs: Any) -> EnvBase:
+    from torchrl_hier.envs.goal_env import mountain_car_hac
+
+    return mountain_car_hac(**kwargs)
 
 
 def _grid_factory(**kwargs: Any) -> GridMaze:

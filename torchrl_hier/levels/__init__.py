@@ -54,6 +54,7 @@ from torchrl_hier.levels.goals import (
 )
 from torchrl_hier.levels.hindsight import (
     EPISODE_KEY,
+    SCOPES,
     STRATEGIES,
     EpisodeBuffer,
     HindsightGoals,
@@ -61,6 +62,7 @@ from torchrl_hier.levels.hindsight import (
     episode_bounds,
     hindsight_actions,
     stream_ids,
+    subgoal_attempts,
     subgoal_learner_frame,
     subgoal_test_penalties,
     subgoal_transitions,
@@ -86,6 +88,7 @@ from torchrl_hier.levels.options import (
     option_spec,
 )
 from torchrl_hier.levels.parts import (
+    GaussianOrUniform,
     GreedyWhenTested,
     InputNet,
     LatticeSubgoal,
@@ -123,6 +126,7 @@ __all__ = [
     "check_goal_keys",
     "goal_distance",
     "EPISODE_KEY",
+    "SCOPES",
     "STRATEGIES",
     "EpisodeBuffer",
     "HindsightGoals",
@@ -130,6 +134,7 @@ __all__ = [
     "episode_bounds",
     "hindsight_actions",
     "stream_ids",
+    "subgoal_attempts",
     "subgoal_learner_frame",
     "subgoal_test_penalties",
     "subgoal_transitions",
@@ -157,6 +162,7 @@ __all__ = [
     "LatticeSubgoal",
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
+    "GaussianOrUniform",
     "actor_critic_head",
     "anneal_exploration",
     "dqn_head",

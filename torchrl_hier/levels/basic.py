@@ -124,7 +124,7 @@ def flat_from_config(
         policy, _, loss = actor_critic_head(
             ctx.obs_dim, spec, algorithm=algorithm, hidden=tuple(hidden), gamma=gamma,
             noise_std=ex["noise_std"], annealing_num_steps=ex["annealing_num_steps"],
-            device=ctx.device,
+            random_probability=ex["random_probability"], device=ctx.device,
         )
     part = LevelParts(Level(ctx.name, policy, gamma=gamma), loss)
     return env_goal_hindsight(part, ctx, hindsight_k, hindsight_strategy)

@@ -26,6 +26,7 @@ from torchrl.data import Bounded, Categorical, OneHot, TensorSpec
 from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
 
+from torchrl_hier.control import Tolerance, check_tolerance
 from torchrl_hier.errors import ConfigError
 from torchrl_hier.level import Level
 from torchrl_hier.levels.goals import GoalReward, GoalSlot, SubgoalSpace
@@ -44,6 +45,8 @@ __all__ = [
     "algorithms",
     "goal_space",
     "goal_norm",
+    "goal_tolerance",
+    "value_range_setting",
     "env_goal_hindsight",
     "on_policy_parts",
 ]
@@ -121,6 +124,7 @@ def exploration_settings(exploration: Mapping[str, Any] | None) -> dict[str, Any
         "eps_end": float(ex.get("eps_end", 0.05)),
         "annealing_num_steps": int(ex.get("annealing_num_steps", 10_000)),
         "noise_std": float(ex.get("noise_std", 0.1)),
+        "random_probability": float(ex.get("random_probability", 0.0)),
     }
 
 
@@ -174,6 +178,36 @@ def goal_norm(task: Mapping[str, Any]) -> float:
     return float(task["goal"].get("norm", 2.0))
 
 
+def goal_tolerance(task: Mapping[str, Any], where: str, override: Any = None) -> Tolerance:
+    """The goal tolerance: ``override`` if given, else ``task.goal.tolerance``; a number, or a
+    list with one per goal component (e.g. MountainCar's position and velocity)."""
+    value = as_container(task["goal"]["tolerance"] if override is None else override)
+    try:
+        tolerance = check_tolerance(value, where)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    n = len(task["goal"]["indices"])
+    if isinstance(tolerance, tuple) and len(tolerance) != n:
+        raise ConfigError(
+            f"{where}: {len(tolerance)} goal tolerances for a goal of {n} components "
+            f"(task.goal.indices); give one per component, or a number."
+        )
+    return tolerance
+
+
+def value_range_setting(value: Any, where: str) -> tuple[float, float] | None:
+    """A level's ``value_range`` setting: ``null`` (unbounded Q-values) or ``[low, high]``."""
+    value = as_container(value)
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+        raise ConfigError(f"{where}.value_range={value!r}; give [low, high] or null.")
+    low, high = float(value[0]), float(value[1])
+    if not low < high:
+        raise ConfigError(f"{where}.value_range={value!r} needs low < high.")
+    return low, high
+
+
 def _as_list(value: Any, goal: Mapping[str, Any]) -> list[float]:
     n = len(goal["indices"])
     value = as_container(value)
@@ -190,7 +224,7 @@ def env_goal_hindsight(
     if int(k or 0) <= 0 or goal is None or goal.get("desired_indices") is None:
         return part
     reward = GoalReward(
-        goal_space(ctx.task, ctx.where), float(goal["tolerance"]),
+        goal_space(ctx.task, ctx.where), goal_tolerance(ctx.task, ctx.where),
         goal=GoalSlot.observation(tuple(goal["desired_indices"])),
         reached=float(goal.get("reached", 1.0)), not_reached=float(goal.get("not_reached", 0.0)),
         norm=goal_norm(ctx.task),

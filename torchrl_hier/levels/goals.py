@@ -19,7 +19,7 @@ from torch import Tensor
 from torchrl.data import Bounded
 from torchrl.envs import EnvBase
 
-from torchrl_hier.control import LevelStep
+from torchrl_hier.control import LevelStep, Tolerance, check_tolerance, within_tolerance
 from torchrl_hier.level import OBSERVATION, PARENT_ACTION
 
 __all__ = [
@@ -283,7 +283,9 @@ class GoalReward:
 
     Args:
         space: gives the achieved goal of an observation.
-        tolerance: positive distance under which the goal counts as reached.
+        tolerance: positive distance under which the goal counts as reached, or one per
+            component (e.g. HAC's ``(0.01, 0.02)`` for position and velocity;
+            :func:`~torchrl_hier.control.within_tolerance`).
         goal: where the goal is read; default the first ``space.dim`` entries of the parent
             action (the subgoal of the level above).
         reached, not_reached: the per-step rewards.
@@ -291,17 +293,20 @@ class GoalReward:
     """
 
     space: SubgoalSpace
-    tolerance: float
+    tolerance: Tolerance
     goal: GoalSlot | None = None
     reached: float = 0.0
     not_reached: float = -1.0
     norm: float = 2.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tolerance, (int, float)) and self.tolerance > 0):
+        tolerance = check_tolerance(self.tolerance, "GoalReward")
+        if isinstance(tolerance, tuple) and len(tolerance) != self.space.dim:
             raise ValueError(
-                f"GoalReward needs a positive goal tolerance, got {self.tolerance!r}."
+                f"GoalReward: {len(tolerance)} tolerances for a goal of {self.space.dim} "
+                f"components {self.space.indices}; give one per component (or a number)."
             )
+        object.__setattr__(self, "tolerance", tolerance)
         if self.goal is None:
             object.__setattr__(self, "goal", GoalSlot.parent(self.space.dim))
         if self.goal.dim != self.space.dim:
@@ -311,7 +316,7 @@ class GoalReward:
             )
 
     def is_reached(self, achieved: Tensor, goal: Tensor) -> Tensor:
-        return goal_distance(achieved, goal, self.norm) <= self.tolerance
+        return within_tolerance(achieved, goal, self.tolerance, self.norm)
 
     def __call__(self, step: LevelStep) -> Tensor:
         reached = self.is_reached(

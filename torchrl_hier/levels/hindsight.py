@@ -35,17 +35,20 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from torchrl_hier._passes import COMPLETED
+from torchrl_hier.control import Tolerance, check_tolerance, within_tolerance
 from torchrl_hier.hierarchy import Hierarchy
-from torchrl_hier.level import ACTION, OBSERVATION
-from torchrl_hier.levels.goals import GoalReward, SubgoalSpace, goal_distance
+from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION
+from torchrl_hier.levels.goals import GoalReward, SubgoalSpace
 
 __all__ = [
     "EPISODE_KEY",
     "STRATEGIES",
+    "SCOPES",
     "EpisodeBuffer",
     "LevelEpisodes",
     "stream_ids",
     "episode_bounds",
+    "subgoal_attempts",
     "HindsightGoals",
     "hindsight_actions",
     "subgoal_test_penalties",
@@ -57,6 +60,9 @@ __all__ = [
 EPISODE_KEY = "episode"
 #: Goal-selection strategies of :class:`HindsightGoals`.
 STRATEGIES = ("future", "final", "episode")
+#: Where :class:`HindsightGoals` draws goals from: the whole episode, or only the same subgoal
+#: attempt (HAC's relabelling of a goal-conditioned level).
+SCOPES = ("episode", "subgoal")
 
 _STREAM, _ORDER = "_stream", "_order"
 
@@ -241,6 +247,23 @@ def episode_bounds(episode: Tensor) -> tuple[Tensor, Tensor]:
     return first[run], last[run]
 
 
+def subgoal_attempts(
+    td: TensorDictBase, episode_key: str = EPISODE_KEY, goal_dim: int | None = None
+) -> Tensor:
+    """Ids of the subgoal attempts in a goal-conditioned level's whole episodes (rows grouped
+    by episode, in time order, as :class:`EpisodeBuffer` releases them): a new attempt starts
+    with each episode and wherever the subgoal (the first ``goal_dim`` entries of
+    ``"parent_action"``; all of them if ``None``) changes."""
+    episode = td.get(episode_key).reshape(-1)
+    subgoal = td.get(PARENT_ACTION)
+    if goal_dim is not None:
+        subgoal = subgoal[..., :goal_dim]
+    start = torch.ones_like(episode, dtype=torch.bool)
+    if episode.numel() > 1:
+        start[1:] = (episode[1:] != episode[:-1]) | (subgoal[1:] != subgoal[:-1]).any(-1)
+    return start.long().cumsum(0)
+
+
 def _set_goal_outcome(
     td: TensorDictBase, reward: GoalReward, gamma: float, terminate: bool, level: str
 ) -> TensorDictBase:
@@ -281,6 +304,10 @@ class HindsightGoals:
         strategy: ``"future"``, ``"final"`` or ``"episode"``.
         k: relabelled copies per transition.
         terminate: mark reaching the goal as terminal.
+        scope: ``"episode"`` draws goals from the transition's episode; ``"subgoal"`` only from
+            its subgoal attempt (:func:`subgoal_attempts`: the rows pursuing the same subgoal
+            of the level above), as HAC relabels a goal-conditioned level, so it learns goals
+            it can reach within its horizon.
         level: the level's name, for error messages.
     """
 
@@ -294,6 +321,7 @@ class HindsightGoals:
         terminate: bool = True,
         episode_key: str = EPISODE_KEY,
         level: str = "this level",
+        scope: str = "episode",
     ):
         if not isinstance(reward, GoalReward):
             raise TypeError(
@@ -304,6 +332,15 @@ class HindsightGoals:
             raise ValueError(
                 f"Level {level!r}: unknown hindsight strategy {strategy!r}; choose one of "
                 f"{list(STRATEGIES)}."
+            )
+        if scope not in SCOPES:
+            raise ValueError(
+                f"Level {level!r}: unknown hindsight scope {scope!r}; choose one of {list(SCOPES)}."
+            )
+        if scope == "subgoal" and reward.goal.key != PARENT_ACTION:
+            raise ValueError(
+                f"Level {level!r}: hindsight scope 'subgoal' needs a goal from the level above "
+                f"(GoalSlot.parent), but its goal is read from {reward.goal.key!r}."
             )
         if not (isinstance(k, int) and k >= 0):
             raise ValueError(f"Level {level!r}: k (relabels per transition) must be an int >= 0, got {k!r}.")
@@ -316,6 +353,7 @@ class HindsightGoals:
         self.terminate = terminate
         self.episode_key = episode_key
         self.level = level
+        self.scope = scope
 
     def goal_sources(
         self, td: TensorDictBase, generator: torch.Generator | None = None
@@ -328,6 +366,8 @@ class HindsightGoals:
                 f"Level {self.level!r}: hindsight relabelling needs the {self.episode_key!r} "
                 "entry (episode ids); get whole episodes from EpisodeBuffer/LevelEpisodes."
             )
+        if self.scope == "subgoal":
+            episode = subgoal_attempts(td, self.episode_key, self.reward.goal.dim)
         first, last = episode_bounds(episode)
         position = torch.arange(n, device=first.device)
         if self.strategy == "final":
@@ -392,7 +432,7 @@ def subgoal_test_penalties(
     td: TensorDictBase,
     space: SubgoalSpace,
     *,
-    tolerance: float,
+    tolerance: Tolerance,
     penalty: float,
     norm: float = 2.0,
     level: str = "this level",
@@ -401,8 +441,7 @@ def subgoal_test_penalties(
     below did not reach within ``tolerance``, keeping their original action, with reward
     ``penalty`` (HAC uses ``-H``) and marked terminal. Transitions cut by the episode's end
     (done) are not penalised: the subgoal did not get its full horizon."""
-    if not tolerance > 0:
-        raise ValueError(f"Level {level!r}: the goal tolerance must be positive, got {tolerance!r}.")
+    tolerance = check_tolerance(tolerance, f"Level {level!r}")
     subgoal, tested = _split(space, td.get(ACTION), level)
     if tested is None:
         raise ValueError(
@@ -410,7 +449,7 @@ def subgoal_test_penalties(
             "it with subgoal_level(...) or skip subgoal_test_penalties."
         )
     achieved = space.achieved(td.get(("next", OBSERVATION)))
-    missed = goal_distance(achieved, subgoal, norm) > tolerance
+    missed = ~within_tolerance(achieved, subgoal, tolerance, norm)
     done = td.get(("next", "done")).reshape(missed.shape)
     out = td[tested & missed & ~done].clone()
     reward = out.get(("next", "reward"))
@@ -441,7 +480,7 @@ def subgoal_transitions(
     td: TensorDictBase,
     space: SubgoalSpace,
     *,
-    tolerance: float,
+    tolerance: Tolerance,
     penalty: float | None = None,
     hindsight_action: bool = True,
     goals: HindsightGoals | None = None,

@@ -50,6 +50,7 @@ __all__ = [
     "LatticeSubgoal",
     "dqn_head",
     "actor_critic_head",
+    "GaussianOrUniform",
     "anneal_exploration",
     "exploration_modules",
 ]
@@ -200,6 +201,36 @@ def dqn_head(
     return TensorDictSequential(actor, explore), actor, loss
 
 
+class GaussianOrUniform(AdditiveGaussianModule):
+    """TorchRL's ``AdditiveGaussianModule`` that, with probability ``random_probability`` per
+    instance, replaces the action by a uniform draw from the spec's box instead, as HAC
+    explores (20 % random actions or subgoals, Gaussian noise otherwise). Annealing, the
+    exploration modes and :class:`GreedyWhenTested` treat it as the Gaussian module it is."""
+
+    def __init__(self, spec: Bounded, *args, random_probability: float = 0.0, **kwargs):
+        if not 0.0 <= random_probability <= 1.0:
+            raise ValueError(
+                f"random_probability must be in [0, 1] (the share of uniformly random actions), "
+                f"got {random_probability!r}."
+            )
+        super().__init__(spec, *args, **kwargs)
+        self.random_probability = float(random_probability)
+
+    def _add_noise(self, action: Tensor) -> Tensor:
+        noisy = super()._add_noise(action)
+        if self.random_probability == 0.0:
+            return noisy
+        space = self.spec[self.action_key].space
+        low = space.low.to(action.device, action.dtype)
+        high = space.high.to(action.device, action.dtype)
+        uniform = low + (high - low) * torch.rand_like(action)
+        pick = torch.rand(action.shape[:-1], device=action.device) < self.random_probability
+        return torch.where(pick.unsqueeze(-1), uniform, noisy)
+
+    def extra_repr(self) -> str:
+        return f"random_probability={self.random_probability}"
+
+
 def actor_critic_head(
     obs_dim: int,
     action_spec: Bounded,
@@ -213,12 +244,14 @@ def actor_critic_head(
     noise_end: float | None = None,
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, ProbabilisticActor, LossModule]:
     """A bounded continuous actor, its critic and a ``TD3Loss`` or ``SACLoss``.
 
     TD3: a ``TanhDelta`` ``ProbabilisticActor`` plus ``AdditiveGaussianModule`` noise of std
-    ``noise_std * (high - low) / 2`` (annealed to ``noise_end``). SAC: a ``TanhNormal`` actor,
+    ``noise_std * (high - low) / 2`` (annealed to ``noise_end``); with ``random_probability``
+    that share of its exploring actions is uniform in the box instead (:class:`GaussianOrUniform`). SAC: a ``TanhNormal`` actor,
     sampled while exploring. Returns ``(policy, actor, loss)``. ``value_range=(low, high)``
     bounds the critic's Q-values (:class:`ValueRange`).
     """
@@ -248,12 +281,13 @@ def actor_critic_head(
         )
         half_range = float(((high - low) / 2).mean())
         end = noise_std if noise_end is None else noise_end
-        explore = AdditiveGaussianModule(
+        explore = GaussianOrUniform(
             action_spec.clone(),
             sigma_init=1.0,
             sigma_end=float(end / noise_std) if noise_std > 0 else 1.0,
             annealing_num_steps=annealing_num_steps,
             std=noise_std * half_range,
+            random_probability=random_probability,
             device=device,
         )
         policy = TensorDictSequential(actor, explore)
@@ -299,6 +333,7 @@ def conditioned_head(
     noise_std: float = 0.1,
     noise_end: float | None = None,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, LossModule]:
     """The head of a level conditioned on its parent's action (an option or a subgoal):
@@ -321,7 +356,7 @@ def conditioned_head(
             obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
             goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
             noise_end=noise_end, annealing_num_steps=annealing_num_steps,
-            value_range=value_range, device=device,
+            value_range=value_range, random_probability=random_probability, device=device,
         )
         return policy, loss
     raise TypeError(

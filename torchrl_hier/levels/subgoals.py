@@ -34,7 +34,14 @@ from torchrl.data import Bounded, OneHot, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
 
-from torchrl_hier.control import GoalReached, LevelStep, ReturnControlRule, Timeout
+from torchrl_hier.control import (
+    GoalReached,
+    LevelStep,
+    ReturnControlRule,
+    Timeout,
+    Tolerance,
+    check_tolerance,
+)
 from torchrl_hier.errors import ConfigError
 from torchrl_hier.level import PARENT_ACTION, Level
 from torchrl_hier.levels.from_config import (
@@ -46,6 +53,8 @@ from torchrl_hier.levels.from_config import (
     exploration_settings,
     goal_norm,
     goal_space,
+    goal_tolerance,
+    value_range_setting,
 )
 from torchrl_hier.levels.goals import (
     AchievedGoal,
@@ -55,7 +64,7 @@ from torchrl_hier.levels.goals import (
     SubgoalSpace,
     check_goal_env,
 )
-from torchrl_hier.levels.hindsight import HindsightGoals, subgoal_transitions
+from torchrl_hier.levels.hindsight import SCOPES, HindsightGoals, subgoal_transitions
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -90,14 +99,14 @@ def _check_positive_int(level: str, what: str, value) -> None:
         raise ValueError(f"Level {level!r}: {what} must be a positive int, got {value!r}.")
 
 
-def _check_tolerance(level: str, tolerance) -> None:
-    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)):
-        raise TypeError(f"Level {level!r}: the goal tolerance must be a number, got {tolerance!r}.")
-    if not tolerance > 0:
+def _check_tolerance(level: str, tolerance, dim: int | None = None) -> Tolerance:
+    tolerance = check_tolerance(tolerance, f"Level {level!r}")
+    if dim is not None and isinstance(tolerance, tuple) and len(tolerance) != dim:
         raise ValueError(
-            f"Level {level!r}: the goal tolerance must be positive (the distance under which its "
-            f"subgoal counts as reached), got {tolerance!r}."
+            f"Level {level!r}: {len(tolerance)} goal tolerances for subgoals of {dim} "
+            "components; give one per component (or a number)."
         )
+    return tolerance
 
 
 def _check_space(level: str, space, obs_dim: int) -> None:
@@ -110,7 +119,7 @@ def _check_space(level: str, space, obs_dim: int) -> None:
 
 
 def goal_control(
-    space: SubgoalSpace, tolerance: float, horizon: int | None, norm: float = 2.0
+    space: SubgoalSpace, tolerance: Tolerance, horizon: int | None, norm: float = 2.0
 ) -> ReturnControlRule:
     """``GoalReached(tolerance) | Timeout(horizon)`` on the achieved goal of ``space`` against the
     subgoal in the parent action."""
@@ -127,7 +136,7 @@ def _goal_parts(
     name: str,
     obs_dim: int,
     goal_space: SubgoalSpace,
-    tolerance: float,
+    tolerance: Tolerance,
     horizon: int | None,
     reached: float,
     not_reached: float,
@@ -135,7 +144,7 @@ def _goal_parts(
     intrinsic_reward: bool,
 ) -> tuple[ReturnControlRule, Callable[[LevelStep], Tensor] | None]:
     _check_space(name, goal_space, obs_dim)
-    _check_tolerance(name, tolerance)
+    tolerance = _check_tolerance(name, tolerance, goal_space.dim)
     if horizon is not None:
         _check_positive_int(name, "horizon", horizon)
     control = goal_control(goal_space, tolerance, horizon, norm)
@@ -186,7 +195,7 @@ def subgoal_level(
     algorithm: str = "td3",
     test_probability: float = 0.3,
     goal_space: SubgoalSpace | None = None,
-    tolerance: float | None = None,
+    tolerance: Tolerance | None = None,
     horizon: int | None = None,
     reached: float = 0.0,
     not_reached: float = -1.0,
@@ -201,6 +210,7 @@ def subgoal_level(
     eps_end: float = 0.05,
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -229,6 +239,8 @@ def subgoal_level(
             :func:`~torchrl_hier.levels.dqn_head`).
         value_range: ``(low, high)`` bounds of its Q-values (HAC bounds them by the returns the
             level can get, e.g. ``(0, 1)`` for a 0/1 goal reward); ``None``: unbounded.
+        random_probability: TD3: the share of exploring subgoals drawn uniformly from the
+            space (HAC: 0.2) instead of noised (:class:`~torchrl_hier.levels.GaussianOrUniform`).
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -250,7 +262,7 @@ def subgoal_level(
         control = goal_rule if control is None else control
         parent_dim = goal_space.dim + 1
     elif tolerance is not None:
-        _check_tolerance(name, tolerance)
+        _check_tolerance(name, tolerance, space.dim)
     if algorithm == "dqn":
         if space.resolution is None:
             raise ValueError(
@@ -277,6 +289,7 @@ def subgoal_level(
             noise_end=noise_end,
             annealing_num_steps=annealing_num_steps,
             value_range=value_range,
+            random_probability=random_probability,
             device=device,
         )
         modules = [policy]
@@ -309,7 +322,7 @@ def goal_conditioned_level(
     action_spec: TensorSpec,
     goal_space: SubgoalSpace,
     *,
-    tolerance: float,
+    tolerance: Tolerance,
     horizon: int | None = 10,
     algorithm: str | None = None,
     reached: float = 0.0,
@@ -324,6 +337,7 @@ def goal_conditioned_level(
     noise_std: float = 0.1,
     noise_end: float | None = None,
     value_range: tuple[float, float] | None = None,
+    random_probability: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     lowest: bool = True,
@@ -343,10 +357,12 @@ def goal_conditioned_level(
             (``Categorical``/``OneHot``: DQN; ``Bounded``: TD3 or SAC).
         goal_space: the subgoal space of the level above (its projection gives the achieved
             goal of this level's observation).
-        tolerance: positive distance under which the subgoal counts as reached.
+        tolerance: positive distance under which the subgoal counts as reached, or one per
+            goal component (HAC's thresholds; :func:`~torchrl_hier.control.within_tolerance`).
         horizon: HAC's H, in this level's steps (``None``: only reaching ends a subgoal).
         algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
         value_range: ``(low, high)`` bounds of its Q-values, e.g. HAC's ``(-horizon, 0)``.
+        random_probability: TD3: the share of exploring actions drawn uniformly (HAC: 0.2).
         lowest: True when it emits the env action.
         env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
             entries matching ``goal_space``).
@@ -366,7 +382,7 @@ def goal_conditioned_level(
         name, obs_dim, action_spec, algorithm, parent_dim=parent_dim, goal_space=goal_space,
         hidden=hidden, gamma=gamma, eps_init=eps_init, eps_end=eps_end,
         annealing_num_steps=annealing_num_steps, noise_std=noise_std, noise_end=noise_end,
-        value_range=value_range, device=device,
+        value_range=value_range, random_probability=random_probability, device=device,
     )
     level = Level(
         name,
@@ -389,17 +405,27 @@ def subgoal_from_config(
     test_probability: float = 0.3,
     penalty: float | None = None,
     horizon: int = 8,
-    tolerance: float | None = None,
+    tolerance: Tolerance | None = None,
     hindsight_k: int = 4,
     hindsight_strategy: str = "future",
     hidden: Sequence[int] = (64, 64),
     gamma: float = 0.99,
     exploration: Mapping[str, Any] | None = None,
+    reward: str = "env",
+    value_range: Sequence[float] | None = None,
+    hindsight_scope: str = "episode",
 ) -> LevelParts:
     """A HAC subgoal level (config family ``subgoal``) proposing positions in the task's goal
     space (TD3 or SAC). At the top it pursues the env goal (relabelled with HER when
     ``hindsight_k > 0``); below another subgoal level it pursues that level's subgoal for
-    ``horizon`` of its own subgoals. Its transitions go through ``subgoal_transitions``."""
+    ``horizon`` of its own subgoals. Its transitions go through ``subgoal_transitions``.
+
+    ``reward`` (top level): ``env`` learns from the env reward, ``goal`` from the goal reward
+    HAC gives every level (``task.goal.not_reached`` per env step, ``task.goal.reached`` on
+    reaching the env goal within ``task.goal.tolerance``), for tasks whose env reward is not
+    that sparse goal reward (e.g. MountainCar's). ``value_range: [low, high]`` bounds its
+    Q-values, as HAC does. ``hindsight_scope: subgoal`` (below the top) relabels with goals of
+    the same attempt at the subgoal above only (``HindsightGoals(scope=...)``)."""
     where = ctx.where
     if ctx.lowest:
         raise ConfigError(f"{where} is a subgoal level: it emits subgoals, so it cannot be the lowest level.")
@@ -408,9 +434,16 @@ def subgoal_from_config(
     algorithm = check_algorithm(where, algorithm, space.spec, ("td3", "sac"))
     ex = exploration_settings(exploration)
     gamma = float(gamma)
-    tolerance = float(task["goal"]["tolerance"] if tolerance is None else tolerance)
+    tolerance = goal_tolerance(task, where, tolerance)
     norm = goal_norm(task)
-    own_goal_space, goals = None, None
+    if reward not in ("env", "goal"):
+        raise ConfigError(f"{where}.reward={reward!r}; choose env or goal.")
+    if hindsight_scope not in SCOPES or (hindsight_scope != "episode" and ctx.above is None):
+        raise ConfigError(
+            f"{where}.hindsight_scope={hindsight_scope!r}; choose one of {list(SCOPES)} "
+            "('subgoal' only below another subgoal level: the top level pursues the env goal)."
+        )
+    own_goal_space, goals, env_goal_reward = None, None, None
     k = int(hindsight_k)
     if ctx.above is not None:
         if ctx.above.emits != SUBGOALS:
@@ -419,27 +452,39 @@ def subgoal_from_config(
         goals = HindsightGoals(
             GoalReward(own_goal_space, tolerance, goal=GoalSlot.parent(own_goal_space.dim), norm=norm),
             gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name,
+            scope=hindsight_scope,
         )
-    elif task["goal"].get("desired_indices") is not None and k > 0:
+    elif task["goal"].get("desired_indices") is not None:
         # the top level pursues the env's goal: relabel it with achieved positions, with the
         # env's own sparse reward (task.goal.reached / not_reached)
-        goals = HindsightGoals(
-            GoalReward(
-                goal_space(task, where), float(task["goal"]["tolerance"]),
-                goal=GoalSlot.observation(tuple(task["goal"]["desired_indices"])),
-                reached=float(task["goal"].get("reached", 1.0)),
-                not_reached=float(task["goal"].get("not_reached", 0.0)),
-                norm=norm,
-            ),
-            gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name,
+        env_goal_reward = GoalReward(
+            goal_space(task, where), goal_tolerance(task, where),
+            goal=GoalSlot.observation(tuple(task["goal"]["desired_indices"])),
+            reached=float(task["goal"].get("reached", 1.0)),
+            not_reached=float(task["goal"].get("not_reached", 0.0)),
+            norm=norm,
+        )
+        if k > 0:
+            goals = HindsightGoals(
+                env_goal_reward, gamma=gamma, strategy=hindsight_strategy, k=k, level=ctx.name
+            )
+    if reward == "goal" and env_goal_reward is None:
+        raise ConfigError(
+            f"{where}.reward=goal rewards the top level for reaching the env goal, but "
+            + ("it is not the top level." if ctx.above is not None
+               else "the task's goal block has no desired_indices (where the goal sits in "
+               "the observation).")
         )
     level, loss = subgoal_level(
         ctx.name, ctx.obs_dim, space, algorithm=algorithm,
         test_probability=float(test_probability), goal_space=own_goal_space,
         tolerance=tolerance if own_goal_space is not None else None,
         horizon=None if own_goal_space is None else int(horizon), norm=norm,
+        reward=env_goal_reward if reward == "goal" else None,
         hidden=tuple(hidden), gamma=gamma, noise_std=ex["noise_std"],
-        annealing_num_steps=ex["annealing_num_steps"], device=ctx.device,
+        annealing_num_steps=ex["annealing_num_steps"],
+        random_probability=ex["random_probability"],
+        value_range=value_range_setting(value_range, where), device=ctx.device,
     )
     process = functools.partial(
         subgoal_transitions, space=space, tolerance=tolerance,
@@ -455,7 +500,7 @@ def goal_conditioned_from_config(
     algorithm: str | None = "auto",
     observation: str = "full",
     horizon: int | None = None,
-    tolerance: float | None = None,
+    tolerance: Tolerance | None = None,
     reached: float = 0.0,
     not_reached: float = -1.0,
     hindsight_k: int = 4,
@@ -463,11 +508,16 @@ def goal_conditioned_from_config(
     hidden: Sequence[int] = (64, 64),
     gamma: float = 0.99,
     exploration: Mapping[str, Any] | None = None,
+    value_range: Sequence[float] | None = None,
+    hindsight_scope: str = "episode",
 ) -> LevelParts:
     """The lowest level of a subgoal hierarchy (config family ``goal_conditioned``): acts in
     the env to reach the subgoal above within ``horizon`` steps, rewarded ``not_reached`` per
     step and ``reached`` on reaching it, with hindsight goals (``HindsightGoals``).
-    ``observation: achieved`` shows it only its achieved goal (e.g. its position)."""
+    ``observation: achieved`` shows it only its achieved goal (e.g. its position);
+    ``value_range: [low, high]`` bounds its Q-values (HAC: ``[-horizon, 0]``);
+    ``hindsight_scope: subgoal`` relabels with goals reached while pursuing the same subgoal
+    only, as HAC does (``episode``: anywhere later in the episode)."""
     where = ctx.where
     if ctx.above is None or ctx.above.emits != SUBGOALS:
         raise ConfigError(f"{where} is goal-conditioned, so it needs a subgoal level right above it.")
@@ -481,10 +531,12 @@ def goal_conditioned_from_config(
     algorithm = check_algorithm(where, algorithm, env_spec, algorithms(env_spec))
     ex = exploration_settings(exploration)
     gamma = float(gamma)
-    tolerance = float(task["goal"]["tolerance"] if tolerance is None else tolerance)
     reached, not_reached = float(reached), float(not_reached)
     norm = goal_norm(task)
+    tolerance = goal_tolerance(task, where, tolerance)
     obs_dim, obs_map, obs_shape, own_space = ctx.obs_dim, None, None, space
+    if hindsight_scope not in SCOPES:
+        raise ConfigError(f"{where}.hindsight_scope={hindsight_scope!r}; choose one of {list(SCOPES)}.")
     if observation == "achieved":
         # the level sees only its achieved goal (e.g. its position): what it needs to reach a
         # subgoal, and it generalises across env goals it does not pursue
@@ -499,10 +551,13 @@ def goal_conditioned_from_config(
         algorithm=algorithm, reached=reached, not_reached=not_reached, norm=norm,
         hidden=tuple(hidden), gamma=gamma, eps_init=ex["eps_init"], eps_end=ex["eps_end"],
         annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
+        value_range=value_range_setting(value_range, where),
+        random_probability=ex["random_probability"],
         obs_map=obs_map, obs_shape=obs_shape, lowest=True, device=ctx.device,
     )
     goals = HindsightGoals(
         GoalReward(own_space, tolerance, reached=reached, not_reached=not_reached, norm=norm),
         gamma=gamma, strategy=hindsight_strategy, k=int(hindsight_k), level=ctx.name,
+        scope=hindsight_scope,
     )
     return LevelParts(level, loss, process=goals, episodic=True)
