@@ -5,13 +5,15 @@ on ``task=PointMaze_Medium-v3`` and beats random actions."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from tiny_runs import random_success, shorten_learning
 from torchrl.envs import check_env_specs
 
 pytest.importorskip("gymnasium_robotics", reason="needs the robotics extra (make install)")
@@ -22,6 +24,10 @@ from torchrl_hier.experiment.builders import make_task_env  # noqa: E402
 from torchrl_hier.train import train  # noqa: E402
 
 TASK = "PointMaze_Medium-v3"
+_PATH = Path(__file__).parents[1] / "benchmarks" / "robotics_maze.py"
+_spec = importlib.util.spec_from_file_location("robotics_maze_benchmark", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def steer(observation: torch.Tensor) -> torch.Tensor:
@@ -117,39 +123,22 @@ def test_the_task_config_points_the_goal_machinery_at_the_env_goal():
     assert goal.low <= float(td["achieved_goal"].min()) and float(td["achieved_goal"].max()) <= goal.high
 
 
-def random_success(cfg, episodes: int, seed: int) -> float:
-    """Success rate of uniformly random actions on the task (one episode per instance)."""
-    torch.manual_seed(seed)
-    env = make_task_env(cfg.task, episodes, torch.device("cpu"), seed)
-    rollout = env.rollout(int(cfg.task.max_episode_steps), break_when_any_done=False)
-    success = rollout["next", "is_success"].reshape(episodes, -1)
-    done = rollout["next", "done"].reshape(episodes, -1)
-    first = (done.cumsum(-1) - done.long()) == 0  # steps up to and including the first end
-    return float((success & first).any(-1).float().mean())
-
-
 def test_tiny_twin_trains_the_subgoal_hierarchy_end_to_end_and_beats_random_actions(tmp_path):
-    """The benchmark's subgoal hierarchy on gymnasium-robotics' medium maze with a tiny budget
-    (150-step episodes, so that far goals are out of reach for both, short warm-ups): its greedy
-    policy reaches clearly more goals than random actions."""
+    """The benchmark's subgoal hierarchy (its overrides, ``bench.AGENTS["subgoals"]``) on
+    gymnasium-robotics' medium maze with a tiny budget (150-step episodes, so that far goals
+    are out of reach for both, short warm-ups): its greedy policy reaches clearly more goals
+    than random actions."""
     cfg = compose_task([
-        "hierarchy=subgoals", "task.n_envs=16", "task.kwargs.max_episode_steps=150",
+        *bench.AGENTS["subgoals"], "task.n_envs=16", "task.kwargs.max_episode_steps=150",
         "task.max_episode_steps=150", "collector.frames_per_batch=512", "total_frames=12288",
         "eval.episodes=50", "eval.every_frames=0", "checkpoint.every_frames=0", "compile=false",
         "progress=false", f"run_dir={tmp_path}",
     ])
-    OmegaConf.set_struct(cfg, False)
-    for name, warmup, anneal, ratio in (("subgoal", 256, 1_000, 0.2),
-                                        ("primitive", 512, 6_000, 0.1)):
-        level = cfg.hierarchy.levels[name]
-        level.learner.warmup = warmup
-        level.learner.update_ratio = ratio  # enough gradient steps in a tiny budget
-        level.learner.batch_size = 64
-        level.exploration.annealing_num_steps = anneal
+    shorten_learning(cfg, {"subgoal": (256, 1_000, 0.2), "primitive": (512, 6_000, 0.1)})
     summary = train(cfg)
     assert summary["frames"] >= 12288
     assert all(level["updates"] > 0 for level in summary["levels"].values())
-    random = random_success(cfg, episodes=50, seed=1)
+    random = random_success(cfg, episodes=50, seed=1, steps=150)
     assert summary["eval"]["success_rate"] >= random + 0.2, (summary["eval"], random)
 
 
