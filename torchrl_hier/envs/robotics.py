@@ -8,8 +8,8 @@ under their own keys, and converts them for the hierarchy's goal machinery:
 
 - every entry is cast to float32 (``DoubleToFloat``);
 - ``desired_goal`` is appended to ``observation`` (``CatTensors``), so a level's observation
-  holds its goal, as in the built-in tasks, and hindsight relabelling (``task.goal.
-  desired_indices``) rewrites it there; ``achieved_goal``/``desired_goal`` stay as entries;
+  holds its goal, as in the built-in tasks, and hindsight relabelling rewrites it there (at
+  ``task.goal.desired_indices``); ``achieved_goal``/``desired_goal`` stay as entries;
 - the env's own success flag (``info["success"]`` for the mazes: goal within 0.45) becomes the
   ``"is_success"`` entry (bool ``[*batch, 1]``) that training and evaluation report, read by
   :class:`InfoSuccessReader` through ``GymWrapper.set_info_dict_reader``.
