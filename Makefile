@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev,ray,docs,wandb]"
+	$(BIN)/pip install -e ".[dev,ray,docs,wandb,robotics]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -9,11 +9,10 @@ default hierarchy end to end on a tiny budget and beats uniformly random actions
 
 from __future__ import annotations
 
-import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from tiny_runs import random_success, shorten_learning
 
-from torchrl_hier.experiment.builders import make_task_env
 from torchrl_hier.experiment.report import write_summary
 from torchrl_hier.train import train
 
@@ -32,18 +31,6 @@ def test_the_default_is_the_measured_hierarchy_and_its_task_records_the_flat_bas
     assert success["min"] <= success["mean"] <= success["max"] and len(flat["seeds"]) >= 3
 
 
-def random_success(cfg, episodes: int, seed: int) -> float:
-    """Success rate of uniformly random actions on the task (one episode per instance)."""
-    torch.manual_seed(seed)
-    env = make_task_env(cfg.task, episodes, torch.device("cpu"), seed)
-    steps = int(cfg.task.kwargs.max_steps)
-    rollout = env.rollout(steps, break_when_any_done=False)
-    success = rollout["next", "is_success"].reshape(episodes, -1)
-    done = rollout["next", "done"].reshape(episodes, -1)
-    first = (done.cumsum(-1) - done.long()) == 0  # steps up to and including the first end
-    return float((success & first).any(-1).float().mean())
-
-
 def test_tiny_default_run_trains_end_to_end_and_beats_random_actions(tmp_path):
     """The default hierarchy on a tiny budget (the open room of the same point maze, short
     episodes, short warm-ups): its greedy policy beats random actions by a clear margin."""
@@ -53,18 +40,11 @@ def test_tiny_default_run_trains_end_to_end_and_beats_random_actions(tmp_path):
         "eval.every_frames=0", "checkpoint.every_frames=0", "compile=false", "progress=false",
         f"run_dir={tmp_path}",
     ])
-    OmegaConf.set_struct(cfg, False)
-    for name, warmup, anneal, ratio in (("subgoal", 256, 1_000, 0.2),
-                                        ("primitive", 512, 4_000, 0.1)):
-        level = cfg.hierarchy.levels[name]
-        level.learner.warmup = warmup
-        level.learner.update_ratio = ratio  # enough gradient steps in a tiny budget
-        level.learner.batch_size = 64
-        level.exploration.annealing_num_steps = anneal
+    shorten_learning(cfg, {"subgoal": (256, 1_000, 0.2), "primitive": (512, 4_000, 0.1)})
     summary = train(cfg)
     assert summary["frames"] >= 4096
     assert all(level["updates"] > 0 for level in summary["levels"].values())
-    random = random_success(cfg, episodes=50, seed=1)
+    random = random_success(cfg, episodes=50, seed=1, steps=int(cfg.task.kwargs.max_steps))
     assert summary["eval"]["success_rate"] >= random + 0.2, (summary["eval"], random)
 
 

@@ -494,6 +494,24 @@ def subgoal_from_config(
     return LevelParts(level, loss, process=process, episodic=True, emits=SUBGOALS)
 
 
+def _without_env_goal(where: str, task: Mapping[str, Any], obs_dim: int) -> tuple[int, ...]:
+    """The observation components that are not the env goal (``task.goal.desired_indices``)."""
+    goal = task["goal"]
+    desired = goal.get("desired_indices")
+    if desired is None:
+        raise ConfigError(
+            f"{where}.observation=state drops the env goal from the observation, but task "
+            f"{task['name']!r} has no task.goal.desired_indices; use 'full' or 'achieved'."
+        )
+    drop = {int(i) % obs_dim for i in desired}
+    if drop & {int(i) % obs_dim for i in goal["indices"]}:
+        raise ConfigError(
+            f"{where}.observation=state: task.goal.indices {list(goal['indices'])} overlap "
+            f"the env goal's task.goal.desired_indices {list(desired)}."
+        )
+    return tuple(i for i in range(obs_dim) if i not in drop)
+
+
 def goal_conditioned_from_config(
     ctx: LevelContext,
     *,
@@ -514,7 +532,8 @@ def goal_conditioned_from_config(
     """The lowest level of a subgoal hierarchy (config family ``goal_conditioned``): acts in
     the env to reach the subgoal above within ``horizon`` steps, rewarded ``not_reached`` per
     step and ``reached`` on reaching it, with hindsight goals (``HindsightGoals``).
-    ``observation: achieved`` shows it only its achieved goal (e.g. its position);
+    ``observation: achieved`` shows it only its achieved goal (e.g. its position), ``state`` the
+    observation without the env goal (``task.goal.desired_indices``), ``full`` all of it;
     ``value_range: [low, high]`` bounds its Q-values (HAC: ``[-horizon, 0]``);
     ``hindsight_scope: subgoal`` relabels with goals reached while pursuing the same subgoal
     only, as HAC does (``episode``: anywhere later in the episode)."""
@@ -543,8 +562,21 @@ def goal_conditioned_from_config(
         obs_map, obs_shape = space.achieved, (space.dim,)
         own_space = SubgoalSpace(tuple(range(space.dim)), space.low, space.high)
         obs_dim = space.dim
+    elif observation == "state":
+        # the observation without the env goal: all it needs to move (e.g. position and
+        # velocity under force control), still free of the goal it does not pursue
+        keep = _without_env_goal(where, task, ctx.obs_dim)
+        obs_map = functools.partial(
+            torch.index_select, dim=-1, index=torch.tensor(keep, device=ctx.device)
+        )
+        obs_dim, obs_shape = len(keep), (len(keep),)
+        own_space = SubgoalSpace(
+            tuple(keep.index(i % ctx.obs_dim) for i in space.indices), space.low, space.high
+        )
     elif observation != "full":
-        raise ConfigError(f"{where}.observation={observation!r}; choose 'full' or 'achieved'.")
+        raise ConfigError(
+            f"{where}.observation={observation!r}; choose 'full', 'achieved' or 'state'."
+        )
     level, loss = goal_conditioned_level(
         ctx.name, obs_dim, env_spec, own_space, tolerance=tolerance,
         horizon=None if horizon is None else int(horizon),
