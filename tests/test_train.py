@@ -335,6 +335,27 @@ def test_train_log_holds_the_summary_line_and_errors(tmp_path):
     assert "Error: total_frames=0" in (bad / "train.log").read_text()
 
 
+def test_each_evaluation_closes_the_env_it_built(monkeypatch):
+    """Evaluations build a fresh env each time; a gymnasium task's simulators (MuJoCo's
+    ~12 MB an instance) must be freed when one ends, or every evaluation of a run keeps its
+    own copies."""
+    import torchrl_hier.evaluate as evaluate_module
+
+    built = []
+    make = evaluate_module.make_task_env
+
+    def keep(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(evaluate_module, "make_task_env", keep)
+    exp = build_experiment(compose_cfg(["task=CartPole-v1", "hierarchy=flat", "progress=false"]))
+    for _ in range(2):
+        result = evaluate_module.run_episodes(exp, 3, max_steps=5, progress=False)
+        assert result["episodes"] == 3
+    assert len(built) == 2 and all(env.is_closed for env in built)
+
+
 def test_evaluate_cli_reports_errors_like_train(tmp_path):
     """A missing checkpoint: one Error line and status 1, no traceback, and no false
     'unknown key' report for the mandatory checkpoint= key."""

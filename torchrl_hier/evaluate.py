@@ -69,29 +69,33 @@ def run_episodes(
     max_steps = max_episode_steps(exp) if max_steps is None else int(max_steps)
     base = make_task_env(exp.cfg.task, episodes, exp.device, seed)
     env = TransformedEnv(base, exp.env_transform())
-    policy = exp.eval_policy()
-    mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
-    finished = torch.zeros(episodes, dtype=torch.bool, device=exp.device)
-    returns = torch.zeros(episodes, device=exp.device)
-    success = torch.zeros(episodes, device=exp.device)
-    lengths = torch.full((episodes,), max_steps, dtype=torch.long, device=exp.device)
-    with set_exploration_type(mode), torch.no_grad():
-        td = env.reset()
-        for t in tqdm(range(max_steps), desc="evaluate", leave=False, disable=not progress):
-            td = policy(td)
-            td, root = env.step_and_maybe_reset(td)
-            nxt = td.get("next")
-            done = nxt.get("done").reshape(episodes)
-            newly = done & ~finished
-            returns = torch.where(newly, nxt.get(EPISODE_RETURN).reshape(episodes), returns)
-            if exp.has_success:
-                success = torch.where(newly, nxt.get(SUCCESS).reshape(episodes).float(), success)
-            lengths = torch.where(newly, t + 1, lengths)
-            running_return = nxt.get(EPISODE_RETURN).reshape(episodes)
-            finished = finished | done
-            if t % 10 == 9 and bool(finished.all()):  # a host sync every 10 steps only
-                break
-            td = root
+    try:
+        policy = exp.eval_policy()
+        mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+        finished = torch.zeros(episodes, dtype=torch.bool, device=exp.device)
+        returns = torch.zeros(episodes, device=exp.device)
+        success = torch.zeros(episodes, device=exp.device)
+        lengths = torch.full((episodes,), max_steps, dtype=torch.long, device=exp.device)
+        with set_exploration_type(mode), torch.no_grad():
+            td = env.reset()
+            for t in tqdm(range(max_steps), desc="evaluate", leave=False, disable=not progress):
+                td = policy(td)
+                td, root = env.step_and_maybe_reset(td)
+                nxt = td.get("next")
+                done = nxt.get("done").reshape(episodes)
+                newly = done & ~finished
+                returns = torch.where(newly, nxt.get(EPISODE_RETURN).reshape(episodes), returns)
+                if exp.has_success:
+                    success = torch.where(newly, nxt.get(SUCCESS).reshape(episodes).float(), success)
+                lengths = torch.where(newly, t + 1, lengths)
+                running_return = nxt.get(EPISODE_RETURN).reshape(episodes)
+                finished = finished | done
+                if t % 10 == 9 and bool(finished.all()):  # a host sync every 10 steps only
+                    break
+                td = root
+    finally:
+        # a gymnasium task holds its simulators (MuJoCo: ~12 MB an instance) until closed
+        env.close()
     returns = torch.where(finished, returns, running_return)
     out: dict[str, Any] = {
         "episodes": episodes,
