@@ -405,14 +405,14 @@ def complete_transitions(
         count = state.count.masked_fill(took_control, 0)
         completed = [done] * n
         completed[-1] = torch.ones_like(done)
-        for i in range(n - 1, 0, -1):
+        # The lowest level completes with every env step, so only its rule decides its parent.
+        lowest = infos[-1]
+        lowest.count = count[..., -1] + 1
+        completed[-2] = levels[-1].control(lowest) | done
+        for i in range(n - 2, 0, -1):
             info = infos[i]
-            if i == n - 1:  # the lowest level completes with every env step
-                info.count = count[..., i] + 1
-                completed[i - 1] = levels[i].control(info) | done
-            else:
-                info.count = count[..., i] + completed[i]
-                completed[i - 1] = (completed[i] & levels[i].control(info)) | done
+            info.count = count[..., i] + completed[i]
+            completed[i - 1] = (completed[i] & levels[i].control(info)) | done
         completed = torch.stack(completed, dim=-1)
     return HierarchyState(
         completed, steps, returns, count + completed, state.actions, state.observations,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def run_episodes(
     max_steps = max_episode_steps(exp) if max_steps is None else int(max_steps)
     base = make_task_env(exp.cfg.task, episodes, exp.device, seed)
     env = TransformedEnv(base, exp.env_transform())
-    try:
+    # closed at the end: a gymnasium task holds its simulators (MuJoCo: ~12 MB an instance)
+    with closing(env):
         policy = exp.eval_policy()
         mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
         finished = torch.zeros(episodes, dtype=torch.bool, device=exp.device)
@@ -93,9 +95,6 @@ def run_episodes(
                 if t % 10 == 9 and bool(finished.all()):  # a host sync every 10 steps only
                     break
                 td = root
-    finally:
-        # a gymnasium task holds its simulators (MuJoCo: ~12 MB an instance) until closed
-        env.close()
     returns = torch.where(finished, returns, running_return)
     out: dict[str, Any] = {
         "episodes": episodes,
@@ -136,7 +135,7 @@ def record_gif(
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     frames = []
     policy = exp.eval_policy()
-    with set_exploration_type(mode), torch.no_grad():
+    with closing(env), set_exploration_type(mode), torch.no_grad():
         td = env.reset()
         frames.append(base.render(0))
         for _ in range(max_steps):
