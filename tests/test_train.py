@@ -20,10 +20,11 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from PIL import Image
 
-from torchrl_hier.evaluate import evaluate_checkpoint
+from torchrl_hier.evaluate import evaluate_checkpoint, run_episodes
 from torchrl_hier.experiment import (
     CheckpointError,
     ConfigError,
+    Experiment,
     build_experiment,
     load_checkpoint,
     make_collector,
@@ -335,25 +336,61 @@ def test_train_log_holds_the_summary_line_and_errors(tmp_path):
     assert "Error: total_frames=0" in (bad / "train.log").read_text()
 
 
-def test_each_evaluation_closes_the_env_it_built(monkeypatch):
-    """Evaluations build a fresh env each time; a gymnasium task's simulators (MuJoCo's
-    ~12 MB an instance) must be freed when one ends, or every evaluation of a run keeps its
-    own copies."""
-    import torchrl_hier.evaluate as evaluate_module
+@pytest.mark.parametrize(
+    "overrides",
+    [["task=CartPole-v1", "hierarchy=flat"], ["task=GridMaze-FourRooms", "hierarchy=options"],
+     ["task=PointMaze-UMaze"]],
+)
+def test_evaluations_reuse_one_env_reseeded(overrides):
+    """Every evaluation of a run uses the env the first one built (a gymnasium-robotics
+    task's 100 instances take ~1 GB and seconds to build, and building them anew each time
+    grew the run's memory by that much per evaluation), re-seeded: an evaluation after
+    another with a different seed gives exactly what a fresh env of its seed gives."""
+    import torchrl_hier.experiment.builders as builders_module
 
+    def evaluate(exp, seed):
+        torch.manual_seed(0)  # the policy's exploration draws
+        return run_episodes(exp, 6, seed=seed, deterministic=False, max_steps=25, progress=False)
+
+    cfg = compose_cfg([*overrides, "progress=false"])
+    fresh = evaluate(build_experiment(cfg), seed=5)
+    exp = build_experiment(cfg)
     built = []
-    make = evaluate_module.make_task_env
+    make = builders_module.make_task_env
 
     def keep(*args, **kwargs):
         built.append(make(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(evaluate_module, "make_task_env", keep)
-    exp = build_experiment(compose_cfg(["task=CartPole-v1", "hierarchy=flat", "progress=false"]))
-    for _ in range(2):
-        result = evaluate_module.run_episodes(exp, 3, max_steps=5, progress=False)
-        assert result["episodes"] == 3
-    assert len(built) == 2 and all(env.is_closed for env in built)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builders_module, "make_task_env", keep)
+        other = evaluate(exp, seed=9)
+        again = evaluate(exp, seed=5)
+    assert again == fresh and other["episodes"] == 6
+    assert len(built) == 1
+    if "CartPole" in overrides[0]:  # a gymnasium env holds simulators until closed
+        assert not built[0].is_closed
+    # the seeds start other episodes, so the re-seeding is what makes them equal
+    starts = {seed: exp.task_env(6, seed).reset()["observation"] for seed in (9, 5)}
+    fresh_start = builders_module.make_task_env(cfg.task, 6, exp.device, 5).reset()["observation"]
+    assert torch.equal(starts[5], fresh_start) and not torch.equal(starts[9], fresh_start)
+    exp.close()
+    assert built[0].is_closed
+
+
+def test_a_run_closes_its_evaluation_envs(tmp_path, monkeypatch):
+    opened = []
+    task_env = Experiment.task_env
+
+    def keep(self, n_envs, seed):
+        opened.append(task_env(self, n_envs, seed))
+        return opened[-1]
+
+    monkeypatch.setattr(Experiment, "task_env", keep)
+    train(tiny(["task=GridMaze-FourRooms", "hierarchy=flat", "eval.gif=true"], tmp_path))
+    assert len(opened) >= 4  # the baseline, the periodic and final evaluations, the GIF
+    assert len({id(env) for env in opened}) == 2  # one env for the 4 episodes, one for the GIF
+    assert all(env.is_closed for env in opened)
 
 
 def test_evaluate_cli_reports_errors_like_train(tmp_path):

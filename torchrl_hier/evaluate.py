@@ -29,7 +29,6 @@ from torchrl_hier.experiment.builders import (
     ConfigError,
     Experiment,
     build_experiment,
-    make_task_env,
     resolve_device,
 )
 from torchrl_hier.experiment.checkpoint import load_checkpoint, restore_policy, run_directory
@@ -64,37 +63,36 @@ def run_episodes(
     Exploration is off when ``deterministic`` (``ExplorationType.DETERMINISTIC``: greedy DQN,
     noiseless TD3, mean SAC actions, no subgoal tests). Episodes still running after
     ``max_steps`` (default: the task's limit) count as failures with the return so far.
+    The env is the experiment's own for this many instances (:meth:`Experiment.task_env`),
+    re-seeded with ``seed``: the same seed gives the same episodes at every evaluation.
     """
     if not (isinstance(episodes, int) and episodes >= 1):
         raise ConfigError(f"episodes must be a positive int, got {episodes!r}.")
     max_steps = max_episode_steps(exp) if max_steps is None else int(max_steps)
-    base = make_task_env(exp.cfg.task, episodes, exp.device, seed)
-    env = TransformedEnv(base, exp.env_transform())
-    # closed at the end: a gymnasium task holds its simulators (MuJoCo: ~12 MB an instance)
-    with closing(env):
-        policy = exp.eval_policy()
-        mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
-        finished = torch.zeros(episodes, dtype=torch.bool, device=exp.device)
-        returns = torch.zeros(episodes, device=exp.device)
-        success = torch.zeros(episodes, device=exp.device)
-        lengths = torch.full((episodes,), max_steps, dtype=torch.long, device=exp.device)
-        with set_exploration_type(mode), torch.no_grad():
-            td = env.reset()
-            for t in tqdm(range(max_steps), desc="evaluate", leave=False, disable=not progress):
-                td = policy(td)
-                td, root = env.step_and_maybe_reset(td)
-                nxt = td.get("next")
-                done = nxt.get("done").reshape(episodes)
-                newly = done & ~finished
-                returns = torch.where(newly, nxt.get(EPISODE_RETURN).reshape(episodes), returns)
-                if exp.has_success:
-                    success = torch.where(newly, nxt.get(SUCCESS).reshape(episodes).float(), success)
-                lengths = torch.where(newly, t + 1, lengths)
-                running_return = nxt.get(EPISODE_RETURN).reshape(episodes)
-                finished = finished | done
-                if t % 10 == 9 and bool(finished.all()):  # a host sync every 10 steps only
-                    break
-                td = root
+    env = TransformedEnv(exp.task_env(episodes, seed), exp.env_transform())
+    policy = exp.eval_policy()
+    mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+    finished = torch.zeros(episodes, dtype=torch.bool, device=exp.device)
+    returns = torch.zeros(episodes, device=exp.device)
+    success = torch.zeros(episodes, device=exp.device)
+    lengths = torch.full((episodes,), max_steps, dtype=torch.long, device=exp.device)
+    with set_exploration_type(mode), torch.no_grad():
+        td = env.reset()
+        for t in tqdm(range(max_steps), desc="evaluate", leave=False, disable=not progress):
+            td = policy(td)
+            td, root = env.step_and_maybe_reset(td)
+            nxt = td.get("next")
+            done = nxt.get("done").reshape(episodes)
+            newly = done & ~finished
+            returns = torch.where(newly, nxt.get(EPISODE_RETURN).reshape(episodes), returns)
+            if exp.has_success:
+                success = torch.where(newly, nxt.get(SUCCESS).reshape(episodes).float(), success)
+            lengths = torch.where(newly, t + 1, lengths)
+            running_return = nxt.get(EPISODE_RETURN).reshape(episodes)
+            finished = finished | done
+            if t % 10 == 9 and bool(finished.all()):  # a host sync every 10 steps only
+                break
+            td = root
     returns = torch.where(finished, returns, running_return)
     out: dict[str, Any] = {
         "episodes": episodes,
@@ -124,7 +122,7 @@ def record_gif(
         from PIL import Image
     except ImportError as err:  # pragma: no cover - Pillow ships with matplotlib
         raise RuntimeError("Writing a GIF needs Pillow (pip install pillow).") from err
-    base = make_task_env(exp.cfg.task, 1, exp.device, seed)
+    base = exp.task_env(1, seed)
     if not callable(getattr(type(base), "render", None)):
         raise ConfigError(
             f"Task {exp.cfg.task.name!r} cannot render frames (no render() method); GIFs are "
@@ -135,7 +133,7 @@ def record_gif(
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     frames = []
     policy = exp.eval_policy()
-    with closing(env), set_exploration_type(mode), torch.no_grad():
+    with set_exploration_type(mode), torch.no_grad():
         td = env.reset()
         frames.append(base.render(0))
         for _ in range(max_steps):
@@ -181,16 +179,17 @@ def evaluate_checkpoint(
     """Loads ``checkpoint``, runs ``episodes`` episodes and (optionally) writes a GIF; returns
     the report (also written as ``eval.json`` next to the checkpoint's run directory)."""
     exp, ckpt, path = load_experiment(checkpoint, device)
-    report = run_episodes(
-        exp, episodes, seed=seed, deterministic=deterministic, progress=progress
-    )
-    report.update(checkpoint=str(path), frames=int(ckpt["frames"]), task=exp.cfg.task.name,
-                  hierarchy=exp.cfg.hierarchy.name)
-    run_dir = run_directory(path)
-    if gif:
-        target = Path(gif_path) if gif_path else run_dir / "rollout.gif"
-        gif_path, n_frames = record_gif(exp, target, seed=seed, deterministic=deterministic)
-        report.update(gif=str(gif_path), gif_frames=n_frames)
+    with closing(exp):
+        report = run_episodes(
+            exp, episodes, seed=seed, deterministic=deterministic, progress=progress
+        )
+        report.update(checkpoint=str(path), frames=int(ckpt["frames"]), task=exp.cfg.task.name,
+                      hierarchy=exp.cfg.hierarchy.name)
+        run_dir = run_directory(path)
+        if gif:
+            target = Path(gif_path) if gif_path else run_dir / "rollout.gif"
+            gif_path, n_frames = record_gif(exp, target, seed=seed, deterministic=deterministic)
+            report.update(gif=str(gif_path), gif_frames=n_frames)
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from torchrl_hier.evaluate import max_episode_steps as _max_steps
 from torchrl_hier.evaluate import record_gif, run_episodes
 from torchrl_hier.experiment.builders import (
     ConfigError,
+    Experiment,
     build_experiment,
     episode_stats,
     make_collector,
@@ -262,6 +264,19 @@ def train(
         torch.set_num_threads(int(cfg.threads))
     _seed_everything(int(cfg.seed))
     exp = build_experiment(cfg)
+    with closing(exp):  # its evaluation envs
+        return _train_experiment(exp, cfg, ckpt, ckpt_file, run_dir, on_batch)
+
+
+def _train_experiment(
+    exp: Experiment,
+    cfg: DictConfig,
+    ckpt: dict[str, Any] | None,
+    ckpt_file: Path | None,
+    run_dir: Path,
+    on_batch: Callable[[int, TensorDictBase], None] | None,
+) -> dict[str, Any]:
+    """:func:`train`'s loop, evaluations and summary for a built experiment."""
     frames, history, elapsed_before = 0, [], 0.0
     if ckpt is not None:
         restore_training(exp, ckpt, ckpt_file)

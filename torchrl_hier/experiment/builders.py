@@ -361,6 +361,26 @@ class Experiment:
     ham: Any = None
     parts: list[LevelParts] = field(default_factory=list)
     has_success: bool = False
+    _task_envs: dict[int, EnvBase] = field(default_factory=dict, repr=False)
+
+    def task_env(self, n_envs: int, seed: int) -> EnvBase:
+        """The task with ``n_envs`` instances, seeded with ``seed``: built on the first call for
+        that size, re-seeded (``set_seed``) on later ones, so every evaluation starts the
+        episodes a fresh env of that seed would, without building its simulators again (a
+        gymnasium-robotics task's take ~1 GB and seconds per 100 instances). :meth:`close`
+        closes them."""
+        env = self._task_envs.get(n_envs)
+        if env is None:
+            env = self._task_envs[n_envs] = make_task_env(self.cfg.task, n_envs, self.device, seed)
+        else:
+            env.set_seed(seed)
+        return env
+
+    def close(self) -> None:
+        """Closes the envs :meth:`task_env` built (the training env is the collector's)."""
+        for env in self._task_envs.values():
+            env.close()
+        self._task_envs.clear()
 
     @property
     def names(self) -> list[str]:
