@@ -7,9 +7,11 @@ transitions: a high level completes far fewer transitions than the lowest one, s
 env frames would make it update far too often on far too little data.
 
 A gradient step is the stock loss's forward and backward pass, the optimizer step and the
-target update; with ``compile=True`` the first three run as one ``torch.compile``-d function
-(TorchRL's sota-implementations do the same), which on small networks removes most of the
-Python overhead of TensorDict-based losses. Sampling and soft target updates take fast paths
+target update; with ``compile=True`` the loss forward runs as a ``torch.compile``-d function
+(its backward pass is compiled with it), which on small networks removes most of the Python
+overhead of TensorDict-based losses. The optimizer calls stay eager: traced inside, each of
+them is a graph break, and dynamo traces everything before a break twice (about half of the
+warm-up). Sampling and soft target updates take fast paths
 with the stock classes' results (:mod:`torchrl_hier.learning.fast`).
 """
 
@@ -37,6 +39,7 @@ __all__ = ["LevelLearner", "transition_keys"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 GradientStep = Callable[[TensorDictBase], dict[str, torch.Tensor]]
+LossForward = Callable[[TensorDictBase], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def transition_keys(has_parent: bool, records: Iterable[str] = ()) -> set[NestedKey]:
@@ -101,8 +104,8 @@ class LevelLearner:
             ``TensorDictReplayBuffer(LazyTensorStorage(buffer_size, device=device))``. Plain
             uniform buffers are read directly; others (custom sampler, transform, ...) through
             their ``sample``.
-        compile: ``True`` runs loss forward, backward, gradient clipping and optimizer step as
-            one ``torch.compile``-d function (``dynamic=False``: batches have a fixed size); a
+        compile: ``True`` runs the loss forward (and so its backward) as a
+            ``torch.compile``-d function (``dynamic=False``: batches have a fixed size); a
             mapping gives ``torch.compile``'s keyword arguments instead (``mode``,
             ``backend``, ...). Same update as eager up to float rounding, after a warm-up of
             seconds (tens of seconds on CPU the first time, less once inductor's on-disk
@@ -112,8 +115,8 @@ class LevelLearner:
             ``torch._inductor.config.fallback_random = True`` makes them equal. If compiling
             fails (e.g. TorchRL 0.14.1's ``TanhDelta`` with its default ``safe=True``
             refuses to be compiled; the ready-made TD3 actor uses ``safe=False``), the
-            learner warns, says why, and runs that step and all later ones eagerly. Each compiled learner adds an entry to dynamo's
-            cache of the step; past ``torch._dynamo.config.recompile_limit`` (8) learners in
+            learner warns, says why, and runs that step and all later ones eagerly. Each
+            compiled learner adds an entry to dynamo's cache of the loss forward; past ``torch._dynamo.config.recompile_limit`` (8) learners in
             one process, the later ones run eagerly (torch logs it). Default ``False``.
     """
 
@@ -177,9 +180,10 @@ class LevelLearner:
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.compile_options = self._compile_options(compile)
         self._step: GradientStep = self._gradient_step
-        self._compiled = False  # whether _step is torch.compile'd and has run once
+        self._forward: LossForward = self._loss_forward
+        self._compiled = False  # whether _forward is torch.compile'd and has run once
         if self.compile_options is not None:
-            self._step = torch.compile(self._gradient_step, **self.compile_options)
+            self._forward = torch.compile(self._loss_forward, **self.compile_options)
 
     # ----------------------------------------------------------------------------- setup
     def _make_buffer(self, buffer: ReplayBuffer | None, buffer_size: int) -> ReplayBuffer | None:
@@ -463,9 +467,9 @@ class LevelLearner:
             return tensor.device
         return None
 
-    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Loss forward and backward, clipping, optimizer step; returns the loss's scalar
-        outputs, detached (what :meth:`update` averages). ``torch.compile`` wraps this."""
+    def _loss_forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss's total (the sum of its ``loss*`` terms) and its scalar outputs, detached
+        (what :meth:`update` averages). ``torch.compile`` wraps this."""
         out = self.loss(batch)
         terms = [value for key, value in out.items() if key.startswith("loss")]
         if not terms:
@@ -473,16 +477,23 @@ class LevelLearner:
                 f"{type(self.loss).__name__} returned no 'loss*' entry "
                 f"(it returned {sorted(out.keys())}); cannot take a gradient step."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(terms).backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
-        self.optimizer.step()
-        return {
+        scalars = {
             key: value.detach().reshape(())
             for key, value in out.items()
             if isinstance(value, torch.Tensor) and value.numel() == 1
         }
+        return sum(terms), scalars
+
+    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Loss forward and backward, clipping, optimizer step; returns the loss's scalar
+        outputs."""
+        total, scalars = self._forward(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+        self.optimizer.step()
+        return scalars
 
     def _first_compiled_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         """The compiled step's first call (where compiling happens); on a compiler error,
@@ -500,7 +511,7 @@ class LevelLearner:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self._step = self._gradient_step
+            self._forward = self._loss_forward
             self.compile_options = None
             return self._step(batch)
         self._compiled = True
