@@ -265,7 +265,7 @@ def build_levels(
 
 # ----------------------------------------------------------------------------- learners
 #: ``compile: auto`` compiles the lowest level's learner in runs of at least this many
-#: frames: a compiled gradient step is ~2x faster on small networks, but its warm-up (~10-40 s
+#: frames: a compiled gradient step is ~2x faster on small networks, but its warm-up (~5-30 s
 #: per learner on CPU) only pays off over thousands of steps, which higher levels (one
 #: transition per many env steps) do not take.
 COMPILE_AUTO_MIN_FRAMES = 50_000
