@@ -100,6 +100,12 @@ from torchrl_hier.levels.parts import (
     dqn_head,
     exploration_modules,
 )
+from torchrl_hier.levels.reachability import (
+    ACTION_MASK,
+    MaskedQValues,
+    ReachabilityMemory,
+    ReachableSubgoals,
+)
 from torchrl_hier.levels.subgoals import (
     goal_conditioned_from_config,
     goal_conditioned_level,
@@ -167,6 +173,10 @@ __all__ = [
     "anneal_exploration",
     "dqn_head",
     "exploration_modules",
+    "ACTION_MASK",
+    "MaskedQValues",
+    "ReachabilityMemory",
+    "ReachableSubgoals",
     "goal_conditioned_level",
     "goal_control",
     "subgoal_action_spec",

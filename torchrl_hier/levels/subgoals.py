@@ -65,6 +65,7 @@ from torchrl_hier.levels.goals import (
     check_goal_env,
 )
 from torchrl_hier.levels.hindsight import SCOPES, HindsightGoals, subgoal_transitions
+from torchrl_hier.levels.reachability import ReachabilityMemory
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -211,6 +212,7 @@ def subgoal_level(
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
+    reachability: ReachabilityMemory | None = None,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -241,6 +243,11 @@ def subgoal_level(
             level can get, e.g. ``(0, 1)`` for a 0/1 goal reward); ``None``: unbounded.
         random_probability: TD3: the share of exploring subgoals drawn uniformly from the
             space (HAC: 0.2) instead of noised (:class:`~torchrl_hier.levels.GaussianOrUniform`).
+        reachability: ``algorithm="dqn"`` only: adjacency-constrained subgoals (HRAC-style):
+            the level picks, explores and bootstraps only among the lattice subgoals this
+            :class:`~torchrl_hier.levels.ReachabilityMemory` has seen reached from the current
+            position within its ``steps``; feed the memory whole episodes of the level below
+            (``memory.update(episodes)``) before the learners' ``extend``.
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -263,6 +270,16 @@ def subgoal_level(
         parent_dim = goal_space.dim + 1
     elif tolerance is not None:
         _check_tolerance(name, tolerance, space.dim)
+    if reachability is not None and algorithm != "dqn":
+        raise ValueError(
+            f"Level {name!r}: reachability= masks the points of a lattice; it needs "
+            f"algorithm='dqn', got {algorithm!r}."
+        )
+    if reachability is not None and reachability.space != space:
+        raise ValueError(
+            f"Level {name!r}: its reachability memory is over {reachability.space}, not the "
+            f"level's subgoal space {space}."
+        )
     if algorithm == "dqn":
         if space.resolution is None:
             raise ValueError(
@@ -273,7 +290,7 @@ def subgoal_level(
             obs_dim, OneHot(space.n_points, dtype=torch.int64), parent_dim=parent_dim,
             goal_space=goal_space, hidden=hidden, gamma=gamma, eps_init=eps_init,
             eps_end=eps_end, annealing_num_steps=annealing_num_steps, value_range=value_range,
-            device=device,
+            reachability=reachability, device=device,
         )
         modules = [policy, LatticeSubgoal(space, device)]
     else:

@@ -1,0 +1,174 @@
+"""Adjacency-constrained lattice subgoals: ReachabilityMemory, its mask in the DQN subgoal
+level's choices, exploration and bootstrap target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.envs import ObservationNorm, TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_hier import Hierarchy
+from torchrl_hier.envs import GridMaze
+from torchrl_hier.levels import (
+    ACTION_MASK,
+    LevelEpisodes,
+    MaskedQValues,
+    ReachabilityMemory,
+    SubgoalSpace,
+    goal_conditioned_level,
+    subgoal_level,
+)
+
+# displacements of -1, 0, 1 cell per axis: 9 lattice points, row-major
+SPACE = SubgoalSpace((0, 1), -1.0, 1.0, relative=True, resolution=3)
+
+
+def episodes(positions: list[list[tuple[float, float]]], tau: list[list[int]] | None = None):
+    """Whole episodes of a level whose observation is its position: row t goes from
+    positions[e][t] to positions[e][t + 1]."""
+    obs, nxt, ep, steps = [], [], [], []
+    for e, path in enumerate(positions):
+        for t in range(len(path) - 1):
+            obs.append(path[t])
+            nxt.append(path[t + 1])
+            ep.append(e)
+            steps.append(1 if tau is None else tau[e][t])
+    n = len(obs)
+    return TensorDict(
+        {"observation": torch.tensor(obs), "episode": torch.tensor(ep),
+         "steps_to_next_obs": torch.tensor(steps).unsqueeze(-1),
+         "next": {"observation": torch.tensor(nxt), "done": torch.zeros(n, 1, dtype=torch.bool)}},
+        [n],
+    )
+
+
+def test_memory_records_pairs_within_steps_of_the_same_episode_exactly():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=2)
+    # (0,0) -> (0,1) -> (1,1) -> (2,1); another episode from (3,3) to (3,4)
+    new = memory.update(episodes([[(0, 0), (0, 1), (1, 1), (2, 1)], [(3, 3), (3, 4)]]))
+    table = memory.table.reshape(5, 5, 9)
+    point = {(dr, dc): (dr + 1) * 3 + (dc + 1) for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
+    expected = {
+        (0, 0): {point[0, 1], point[1, 1]},  # (0,1) in 1 step, (1,1) in 2; (2,1) is off the lattice
+        (0, 1): {point[1, 0]},  # (1,1) in 1; (2,1) is 2 rows down: off the lattice
+        (1, 1): {point[1, 0]},
+        (3, 3): {point[0, 1]},
+    }
+    for r in range(5):
+        for c in range(5):
+            got = set(table[r, c].nonzero().flatten().tolist())
+            assert got == expected.get((r, c), set()), (r, c, got)
+    assert new == 5
+    assert memory.update(episodes([[(0, 0), (0, 1)]])) == 0  # nothing new: it only grows
+
+
+def test_memory_counts_env_steps_of_multi_step_transitions():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=3)
+    # a higher level's transitions of 2 and 2 env steps: the pair across both spans 4 > 3
+    memory.update(episodes([[(0, 0), (1, 1), (2, 2)]], tau=[[2, 2]]))
+    table = memory.table.reshape(5, 5, 9)
+    assert table[0, 0].nonzero().flatten().tolist() == [8]  # (+1, +1) only
+    assert table[1, 1].nonzero().flatten().tolist() == [8]
+
+
+def test_mask_allows_everything_where_nothing_is_known_and_reads_the_position():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    memory.update(episodes([[(2, 2), (2, 3)]]))
+    # observations of the subgoal level: position then goal
+    obs = torch.tensor([[2.0, 2.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    mask = memory.mask(obs)
+    assert mask.shape == (2, 9) and mask.dtype == torch.bool
+    assert mask[0].nonzero().flatten().tolist() == [5]
+    assert bool(mask[1].all())
+
+
+def test_memory_rejects_bad_settings_and_positions_out_of_bounds():
+    with pytest.raises(ValueError, match="lattice"):
+        ReachabilityMemory(SubgoalSpace((0, 1), -1.0, 1.0, relative=True), 0, 4, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        ReachabilityMemory(SPACE, 0, 4, steps=0)
+    with pytest.raises(ValueError, match="low < high"):
+        ReachabilityMemory(SPACE, 4, 4, steps=1)
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    with pytest.raises(ValueError, match="outside its bounds"):
+        memory.update(episodes([[(5, 0), (5, 1)]]))
+    with pytest.raises(KeyError, match="episode"):
+        memory.update(episodes([[(0, 0), (0, 1)]]).exclude("episode"))
+    with pytest.raises(ValueError, match="algorithm='dqn'"):
+        subgoal_level("top", 4, SPACE, algorithm="td3", reachability=memory)
+    other = SubgoalSpace((0, 1), -2.0, 2.0, relative=True, resolution=3)
+    with pytest.raises(ValueError, match="not the level's subgoal space"):
+        subgoal_level("top", 4, other, algorithm="dqn", reachability=memory)
+
+
+def test_masked_q_values_shared_by_the_target_network():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    memory.update(episodes([[(2, 2), (2, 3)]]))
+    top, loss = subgoal_level("top", 4, SPACE, algorithm="dqn", value_range=(-10.0, 0.0),
+                              test_probability=0.0)
+    assert not any(isinstance(m, MaskedQValues) for m in top.policy.modules())
+    top, loss = subgoal_level("top", 4, SPACE, algorithm="dqn", value_range=(-10.0, 0.0),
+                              test_probability=0.0, reachability=memory)
+    (masked,) = [m for m in top.policy.modules() if isinstance(m, MaskedQValues)]
+    obs = torch.tensor([[2.0, 2.0, 4.0, 4.0]])
+    values = masked(obs)
+    assert values[0, 5] > -10.0 and bool((values[0, [0, 1, 2, 3, 4, 6, 7, 8]] == -10.0).all())
+    # the loss's target parameters run the same module, hence the same (live) memory
+    with loss.target_value_network_params.to_module(loss.value_network):
+        target = loss.value_network(TensorDict({"observation": obs}, [1]))["action_value"]
+    assert bool((target[0, [0, 1, 2, 3, 4, 6, 7, 8]] == -10.0).all())
+    memory.update(episodes([[(2, 2), (1, 2)]]))  # (-1, 0): point 1
+    assert bool(memory.mask(obs)[0, 1])
+    assert masked(obs)[0, 1] > -10.0
+
+
+def test_masked_level_explores_and_acts_only_among_reachable_subgoals():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    memory.update(episodes([[(2, 2), (2, 3)], [(2, 2), (3, 2)]]))  # (0, +1) and (+1, 0)
+    top, _ = subgoal_level("top", 4, SPACE, algorithm="dqn", eps_init=1.0, eps_end=1.0,
+                           test_probability=0.0, reachability=memory)
+    td = TensorDict({"observation": torch.tensor([[2.0, 2.0, 4.0, 4.0]]).expand(200, 4)}, [200])
+    for mode in (ExplorationType.RANDOM, ExplorationType.DETERMINISTIC):
+        with set_exploration_type(mode):
+            out = top.policy(td.clone())
+        assert out[ACTION_MASK].shape == (200, 9)
+        targets = {tuple(t) for t in out["action"][:, :2].tolist()}
+        assert targets <= {(2.0, 3.0), (3.0, 2.0)}, targets
+        if mode is ExplorationType.RANDOM:
+            assert len(targets) == 2
+
+
+def test_memory_fed_from_a_collected_maze_hierarchy_records_only_real_moves():
+    """On GridMaze, every recorded 1-step pair is a move to a free neighbouring cell (or
+    staying put against a wall): the table is the maze's true adjacency, from collected
+    trajectories of a TorchRL Collector."""
+    base = GridMaze(batch_size=[8], rooms=2, room_size=3, max_steps=30, seed=0)
+    scale = base.layout.walls.shape[0] - 1
+    env = TransformedEnv(base, ObservationNorm(loc=0.0, scale=float(scale), standard_normal=False,
+                                               in_keys=["observation", "achieved_goal",
+                                                        "desired_goal"]))
+    space = SubgoalSpace((0, 1), -1.0, 1.0, relative=True, resolution=3)
+    memory = ReachabilityMemory(space, 0, scale, steps=1)
+    top, _ = subgoal_level("subgoal", 4, space, algorithm="dqn", reachability=memory,
+                           test_probability=0.0)
+    low, _ = goal_conditioned_level("primitive", 4, env.action_spec_unbatched, space,
+                                    tolerance=0.5, norm=float("inf"), horizon=3)
+    hier = Hierarchy([top, low], env)
+    level_episodes = LevelEpisodes(hier)
+    collector = Collector(TransformedEnv(env, hier.transform), hier.policy, frames_per_batch=240,
+                          total_frames=960, auto_register_policy_transforms=False)
+    for batch in collector:
+        memory.update(level_episodes.add(batch)["primitive"])
+    collector.shutdown()
+    walls = base.layout.walls
+    table = memory.table.reshape(scale + 1, scale + 1, 9)
+    assert int(table.sum()) > 20
+    for r, c, p in table.nonzero().tolist():
+        dr, dc = p // 3 - 1, p % 3 - 1
+        assert not walls[r, c] and not walls[r + dr, c + dc]
+        assert abs(dr) + abs(dc) <= 1
+        if (dr, dc) == (0, 0):  # staying put: a wall (or the maze's edge) next to the cell
+            assert any(walls[r + a, c + b] for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1)))

@@ -1,0 +1,237 @@
+"""Adjacency-constrained subgoals (HRAC-style) for a lattice (DQN) subgoal level.
+
+A subgoal level that proposes points the level below cannot reach within its horizon learns
+from transitions that mostly say "missed" (the lower level reaches only part of its subgoals
+behind walls and doors). HRAC (Zhang et al., 2020) restricts subgoals to the k-step
+adjacency region of the current state, learnt from the agent's own trajectories. For
+discrete (or discretised) positions that adjacency can be kept exactly as a table:
+
+- :class:`ReachabilityMemory`: ``table[cell, point]`` is True once some collected trajectory
+  went from ``cell`` to (within ``tolerance`` of) lattice subgoal ``point`` of a
+  :class:`~torchrl_hier.levels.SubgoalSpace` in at most ``steps`` env steps. It is fed whole
+  episodes of any level (``EpisodeBuffer``/``LevelEpisodes`` output; the lowest level's give
+  every pair) and only grows;
+- :class:`ReachableSubgoals`: writes the memory's mask of the current observation as
+  ``"action_mask"``, which TorchRL's ``EGreedyModule`` reads so exploration draws only
+  reachable subgoals;
+- :class:`MaskedQValues`: wraps a Q-network so that unreachable subgoals get the value
+  ``fill``: the greedy choice, and DQN's (double-DQN) bootstrap target, only range over
+  reachable ones. It reads the memory, not a copy, so the loss's target network sees the same
+  mask as the policy.
+
+``subgoal_level(..., algorithm="dqn", reachability=memory)`` puts the two modules in place.
+A cell no trajectory has left yet has every subgoal allowed (nothing is known there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor, nn
+
+from torchrl_hier.level import OBSERVATION
+from torchrl_hier.levels.goals import SubgoalSpace, goal_distance
+
+__all__ = ["ACTION_MASK", "ReachabilityMemory", "ReachableSubgoals", "MaskedQValues"]
+
+#: The entry holding a level's mask of allowed (reachable) lattice subgoals.
+ACTION_MASK = "action_mask"
+
+
+class ReachabilityMemory:
+    """Which lattice subgoals have been reached from which cell within ``steps`` env steps.
+
+    Args:
+        space: the subgoal level's lattice space (``resolution`` set; absolute or relative).
+        low, high: bounds of the achieved goal (scalars or one per component), e.g. ``0`` and
+            ``18`` for the cells of a 19x19 grid whose coordinates are in cells.
+        steps: k: a pair counts when the trajectory covers it in at most this many env steps
+            (sum of ``steps_to_next_obs``); usually the horizon H of the level below.
+        cell: the size of a cell of the table (positions are rounded to the nearest cell
+            centre); 1 for integer grid coordinates.
+        tolerance: the distance (in ``norm``) under which a position counts as reaching a
+            lattice point; usually the lower level's goal tolerance.
+        norm: the distance norm (2 or ``float("inf")``).
+        device: where the table lives.
+    """
+
+    def __init__(
+        self,
+        space: SubgoalSpace,
+        low: float | Sequence[float],
+        high: float | Sequence[float],
+        *,
+        steps: int,
+        cell: float = 1.0,
+        tolerance: float = 0.5,
+        norm: float = float("inf"),
+        device: torch.device | str | None = None,
+    ):
+        if not isinstance(space, SubgoalSpace) or space.resolution is None:
+            raise ValueError(
+                "ReachabilityMemory needs a lattice SubgoalSpace (resolution=...), got "
+                f"{space!r}."
+            )
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ValueError(f"ReachabilityMemory: steps must be a positive int, got {steps!r}.")
+        if not (cell > 0 and tolerance > 0):
+            raise ValueError(
+                f"ReachabilityMemory: cell and tolerance must be > 0, got {cell} and {tolerance}."
+            )
+        self.space = space
+        self.steps = steps
+        self.cell = float(cell)
+        self.tolerance = float(tolerance)
+        self.norm = float(norm)
+        dim = space.dim
+        self.low = torch.as_tensor(low, dtype=torch.float32, device=device).expand(dim).clone()
+        high = torch.as_tensor(high, dtype=torch.float32, device=device).expand(dim).clone()
+        if not bool((self.low < high).all()):
+            raise ValueError(
+                f"ReachabilityMemory needs low < high, got {self.low.tolist()}, {high.tolist()}."
+            )
+        self.shape = ((high - self.low) / self.cell).round().long() + 1
+        strides = torch.ones(dim, dtype=torch.long, device=device)
+        for i in range(dim - 2, -1, -1):
+            strides[i] = strides[i + 1] * self.shape[i + 1]
+        self.strides = strides
+        self.points = space.lattice.to(device)
+        self.table = torch.zeros(
+            int(self.shape.prod()), space.n_points, dtype=torch.bool, device=device
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    def cells(self, achieved: Tensor) -> Tensor:
+        """The table row of each achieved goal ``[..., dim] -> [...]`` (clamped to the bounds)."""
+        index = ((achieved.to(self.low) - self.low) / self.cell).round().long()
+        index = torch.minimum(index.clamp_min(0), self.shape - 1)
+        return (index * self.strides).sum(-1)
+
+    def mask(self, observation: Tensor) -> Tensor:
+        """The reachable lattice subgoals from each observation, bool ``[..., n_points]``
+        (all of them where nothing was recorded yet)."""
+        rows = self.table[self.cells(self.space.achieved(observation))]
+        return rows | ~rows.any(-1, keepdim=True)
+
+    def add_pairs(self, start: Tensor, reached: Tensor) -> int:
+        """Records that achieved goals ``reached`` ``[N, dim]`` were reached from achieved
+        goals ``start`` within ``steps``; returns how many table entries were new. Pairs whose
+        subgoal (``reached``, minus ``start`` for a relative space) is off the lattice (beyond
+        ``tolerance`` of every point) are ignored."""
+        if start.shape[0] == 0:
+            return 0
+        top = self.low + (self.shape - 1) * self.cell
+        outside = (start < self.low - self.cell / 2) | (start > top + self.cell / 2)
+        if bool(outside.any()):
+            raise ValueError(
+                f"ReachabilityMemory: achieved goals outside its bounds [{self.low.tolist()}, "
+                f"{top.tolist()}], e.g. {start[outside.any(-1)][0].tolist()}; give low/high "
+                "covering the positions (in the observation's units)."
+            )
+        subgoal = reached - start if self.space.relative else reached
+        point = self.space.lattice_index(subgoal)
+        near = goal_distance(self.points[point], subgoal, self.norm) <= self.tolerance
+        rows, point = self.cells(start)[near], point[near]
+        before = int(self.table.sum())
+        self.table[rows, point] = True
+        return int(self.table.sum()) - before
+
+    def update(
+        self,
+        td: TensorDictBase,
+        achieved: Callable[[Tensor], Tensor] | None = None,
+        episode_key: str = "episode",
+    ) -> int:
+        """Records every pair of a level's whole episodes (rows grouped by ``episode_key`` in
+        time order, as ``EpisodeBuffer`` releases them) that is at most ``steps`` env steps
+        apart: the start observation of a row and the achieved goal at the end of the same or
+        a later row of its episode. ``achieved`` maps that level's observation to the achieved
+        goal (default ``space.achieved``); returns the number of new table entries."""
+        achieved = self.space.achieved if achieved is None else achieved
+        if td.batch_dims != 1:
+            raise ValueError(
+                f"ReachabilityMemory.update expects flat transitions, got {tuple(td.batch_size)}."
+            )
+        n = td.shape[0]
+        if n == 0:
+            return 0
+        episode = td.get(episode_key, None)
+        if episode is None:
+            raise KeyError(
+                f"ReachabilityMemory.update needs the {episode_key!r} entry (whole episodes "
+                "from EpisodeBuffer/LevelEpisodes)."
+            )
+        episode = episode.reshape(-1)
+        obs = td.get(OBSERVATION).to(self.device)
+        start = achieved(obs)
+        reached = achieved(td.get(("next", OBSERVATION)).to(self.device))
+        tau = td.get("steps_to_next_obs", None)
+        tau = torch.ones(n, dtype=torch.long) if tau is None else tau.reshape(-1).long()
+        tau = tau.to(self.device)
+        end_time = tau.cumsum(0)
+        start_time = end_time - tau
+        episode = episode.to(self.device)
+        new = 0
+        for j in range(min(self.steps, n)):  # pairs (row i, end of row i + j)
+            i = torch.arange(n - j, device=self.device)
+            ok = (episode[i] == episode[i + j]) & (end_time[i + j] - start_time[i] <= self.steps)
+            if not bool(ok.any()):
+                break
+            i = i[ok]
+            new += self.add_pairs(start[i], reached[i + j])
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"table": self.table.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        table = state["table"]
+        if table.shape != self.table.shape:
+            raise ValueError(
+                f"ReachabilityMemory: saved table {tuple(table.shape)} does not fit this one "
+                f"{tuple(self.table.shape)}."
+            )
+        self.table.copy_(table)
+
+
+class ReachableSubgoals(TensorDictModuleBase):
+    """Writes ``memory.mask(observation)`` as ``"action_mask"`` (for ``EGreedyModule``)."""
+
+    def __init__(self, memory: ReachabilityMemory, in_key: str = OBSERVATION):
+        super().__init__()
+        self.memory = memory
+        self.in_keys = [in_key]
+        self.out_keys = [ACTION_MASK]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return tensordict.set(ACTION_MASK, self.memory.mask(tensordict.get(self.in_keys[0])))
+
+
+class MaskedQValues(nn.Module):
+    """A Q-network whose values of unreachable lattice subgoals are replaced by ``fill``.
+
+    ``net(observation, *rest)`` gives one value per lattice point; the memory's mask of
+    ``observation`` selects the reachable ones. The memory is held as a plain reference (not a
+    buffer), so copies of the parameters (the target network) share it."""
+
+    def __init__(self, net: nn.Module, memory: ReachabilityMemory, fill: float):
+        super().__init__()
+        self.net = net
+        self.fill = float(fill)
+        object.__setattr__(self, "_memory", memory)  # not a submodule: shared, never copied
+
+    @property
+    def memory(self) -> ReachabilityMemory:
+        return self._memory
+
+    def forward(self, observation: Tensor, *rest: Tensor) -> Tensor:
+        values = self.net(observation, *rest)
+        mask = self._memory.mask(observation)
+        return torch.where(mask, values, torch.full_like(values, self.fill))
