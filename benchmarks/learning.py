@@ -70,6 +70,7 @@ from torchrl_hier.levels import (
     goal_distance,
     option_conditioned_level,
     option_level,
+    planned_subgoal_level,
     stream_ids,
     subgoal_level,
     subgoal_transitions,
@@ -286,12 +287,20 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         memory = ReachabilityMemory(space, bounds.low[..., :2].reshape(-1, 2)[0],
                                     bounds.high[..., :2].reshape(-1, 2)[0],
                                     steps=hp["reach_steps"], tolerance=tol, norm=norm)
-    top, top_loss = subgoal_level(
-        "subgoal", obs_dim, space, algorithm="dqn", test_probability=hp["test_probability"],
-        hidden=hp["hidden"], gamma=hp["top_gamma"], eps_end=hp["top_eps_end"],
-        annealing_num_steps=hp["top_anneal"], value_range=hp["top_value_range"], env=env,
-        reachability=memory,
-    )
+    if hp.get("planner"):  # graph-based subgoals over the memory: no top-level learner
+        top = planned_subgoal_level(
+            "subgoal", obs_dim, memory, (obs_dim - 2, obs_dim - 1),
+            test_probability=hp["test_probability"], eps_end=hp["top_eps_end"],
+            annealing_num_steps=hp["top_anneal"], norm=hp["env_norm"], gamma=hp["top_gamma"],
+            env=env,
+        )
+    else:
+        top, top_loss = subgoal_level(
+            "subgoal", obs_dim, space, algorithm="dqn", test_probability=hp["test_probability"],
+            hidden=hp["hidden"], gamma=hp["top_gamma"], eps_end=hp["top_eps_end"],
+            annealing_num_steps=hp["top_anneal"], value_range=hp["top_value_range"], env=env,
+            reachability=memory,
+        )
     low, low_loss = goal_conditioned_level(
         "primitive", 2, env.action_spec_unbatched, space, tolerance=tol, norm=norm,
         horizon=hp["horizon"], hidden=hp["hidden"], gamma=hp["gamma"], eps_end=hp["eps_end"],
@@ -311,10 +320,12 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         gamma=top.gamma, k=hp["her_k"], level="subgoal",
     )
     learners = {
-        "subgoal": learner(top_loss, top.gamma, hp["top_updates"], warmup=hp["top_warmup"]),
         "primitive": learner(low_loss, low.gamma, hp["updates"], warmup=hp["warmup"],
                              tau=hp["tau"]),
     }
+    if not hp.get("planner"):
+        learners["subgoal"] = learner(top_loss, top.gamma, hp["top_updates"],
+                                      warmup=hp["top_warmup"])
 
     def learn(batch: TensorDictBase) -> dict[str, float]:
         ready = episodes.add(batch)
@@ -323,12 +334,13 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         anneal_exploration(low.policy, ready["primitive"].shape[0])
         anneal_exploration(top.policy, ready["subgoal"].shape[0])
         learners["primitive"].extend(low_her(subgoal_segments(ready["primitive"])).exclude(SEGMENT))
-        learners["subgoal"].extend(
-            subgoal_transitions(
-                ready["subgoal"], space, tolerance=tol, norm=norm, penalty=hp["penalty"],
-                goals=top_her, level="subgoal",
+        if "subgoal" in learners:
+            learners["subgoal"].extend(
+                subgoal_transitions(
+                    ready["subgoal"], space, tolerance=tol, norm=norm, penalty=hp["penalty"],
+                    goals=top_her, level="subgoal",
+                )
             )
-        )
         logs = {}
         for name, lrn in learners.items():
             logs.update({f"{name}/{k}": v for k, v in lrn.update().items()})
@@ -388,6 +400,14 @@ CONFIGS: dict[str, Config] = {
              subgoal_range=3.0, resolution=7, horizon=8, tolerance=0.5, norm=INF,
              env_tolerance=0.5, env_norm=INF, her_k=4, test_probability=0.3, penalty=-50.0,
              updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500, reach_steps=8),
+    ),
+    "grid-subgoals-planned": Config(  # graph-based subgoals over the reachability memory
+        "grid", build_subgoals,
+        dict(hidden=(64, 64), gamma=0.95, eps_end=0.05, anneal=20_000, tau=0.05, noise_std=None,
+             top_gamma=0.98, top_eps_end=0.05, top_anneal=5_000, subgoal_range=3.0,
+             resolution=7, horizon=8, tolerance=0.5, norm=INF, env_tolerance=0.5, env_norm=INF,
+             her_k=4, test_probability=0.3, updates=0.02, warmup=2_000, reach_steps=8,
+             planner=True),
     ),
     "point-subgoals": Config(
         "point", build_subgoals,

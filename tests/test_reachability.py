@@ -16,9 +16,11 @@ from torchrl_hier.levels import (
     ACTION_MASK,
     LevelEpisodes,
     MaskedQValues,
+    PlannedSubgoals,
     ReachabilityMemory,
     SubgoalSpace,
     goal_conditioned_level,
+    planned_subgoal_level,
     subgoal_level,
 )
 
@@ -172,3 +174,51 @@ def test_memory_fed_from_a_collected_maze_hierarchy_records_only_real_moves():
         assert abs(dr) + abs(dc) <= 1
         if (dr, dc) == (0, 0):  # staying put: a wall (or the maze's edge) next to the cell
             assert any(walls[r + a, c + b] for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1)))
+
+
+def test_distances_are_hop_counts_of_the_recorded_subgoal_graph():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    # a corridor along row 0: (0,0) -> (0,1) -> (0,2) -> (0,3), plus a dead end (1,0) -> (0,0)
+    memory.update(episodes([[(0, 0), (0, 1), (0, 2), (0, 3)], [(1, 0), (0, 0)]]))
+    d = memory.distances()
+    cell = lambda r, c: r * 5 + c  # noqa: E731
+    assert d[cell(0, 0), cell(0, 3)] == 3 and d[cell(1, 0), cell(0, 3)] == 4
+    assert d[cell(0, 2), cell(0, 2)] == 0
+    assert torch.isinf(d[cell(0, 3), cell(0, 0)])  # edges are one-way, as recorded
+    assert memory.distances() is d  # cached ...
+    memory.update(episodes([[(0, 3), (0, 2), (0, 1), (0, 0)]]))
+    assert memory.distances()[cell(0, 3), cell(0, 0)] == 3  # ... until the table grows
+
+
+def test_planner_takes_the_first_subgoal_of_a_shortest_chain_and_the_goal_when_reachable():
+    space = SubgoalSpace((0, 1), -2.0, 2.0, relative=True, resolution=5)
+    memory = ReachabilityMemory(space, 0, 4, steps=2)
+    # from (2,0) the direct way right is a wall: a detour through row 0 to the goal (2,4)
+    memory.update(episodes([[(2, 0), (1, 0), (0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 4),
+                             (2, 4)]]))
+    planner = PlannedSubgoals(memory, goal=(2, 3), norm=float("inf"))
+    obs = torch.tensor([[2.0, 0.0, 2.0, 4.0], [0.0, 3.0, 2.0, 4.0], [4.0, 4.0, 9.0, 9.0]])
+    out = planner(TensorDict({"observation": obs}, [3]))
+    pick = out["action"].argmax(-1)
+    points = space.lattice
+    # from (2,0): (0,0) [2 up] starts the shortest chain ((0,0) -> (0,2) -> (0,4) -> (2,4))
+    assert points[pick[0]].tolist() == [-2.0, 0.0]
+    # from (0,3): the goal (2,4) is 3 steps away, beyond steps=2: via (0,4) or (1,4)
+    assert points[pick[1]].tolist() in ([1.0, 1.0], [0.0, 1.0])
+    # unknown cell and a goal out of the graph: everything allowed, the point nearest the goal
+    assert points[pick[2]].tolist() == [0.0, 0.0] or bool(out[ACTION_MASK][2].all())
+    with pytest.raises(ValueError, match="components"):
+        PlannedSubgoals(memory, goal=(2,))
+
+
+def test_planned_level_hands_an_absolute_reachable_subgoal_below_and_explores_in_the_mask():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1)
+    memory.update(episodes([[(2, 2), (2, 3), (2, 4)], [(2, 2), (3, 2)]]))
+    level = planned_subgoal_level("top", 4, memory, (2, 3), eps_init=1.0, eps_end=1.0)
+    obs = torch.tensor([[2.0, 2.0, 2.0, 4.0]]).expand(100, 4)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        greedy = level.policy(TensorDict({"observation": obs}, [100]))["action"]
+    assert greedy[0].tolist() == [2.0, 3.0, 0.0]  # towards the goal, test flag 0
+    with set_exploration_type(ExplorationType.RANDOM):
+        explored = level.policy(TensorDict({"observation": obs}, [100]))["action"]
+    assert {tuple(a[:2]) for a in explored.tolist()} == {(2.0, 3.0), (3.0, 2.0)}

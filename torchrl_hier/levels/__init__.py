@@ -103,6 +103,7 @@ from torchrl_hier.levels.parts import (
 from torchrl_hier.levels.reachability import (
     ACTION_MASK,
     MaskedQValues,
+    PlannedSubgoals,
     ReachabilityMemory,
     ReachableSubgoals,
 )
@@ -110,6 +111,7 @@ from torchrl_hier.levels.subgoals import (
     goal_conditioned_from_config,
     goal_conditioned_level,
     goal_control,
+    planned_subgoal_level,
     subgoal_action_spec,
     subgoal_from_config,
     subgoal_level,
@@ -177,6 +179,8 @@ __all__ = [
     "MaskedQValues",
     "ReachabilityMemory",
     "ReachableSubgoals",
+    "PlannedSubgoals",
+    "planned_subgoal_level",
     "goal_conditioned_level",
     "goal_control",
     "subgoal_action_spec",

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from torchrl_hier.level import OBSERVATION
 from torchrl_hier.levels.goals import SubgoalSpace, goal_distance
 
-__all__ = ["ACTION_MASK", "ReachabilityMemory", "ReachableSubgoals", "MaskedQValues"]
+__all__ = [
+    "ACTION_MASK",
+    "ReachabilityMemory",
+    "ReachableSubgoals",
+    "MaskedQValues",
+    "PlannedSubgoals",
+]
 
 #: The entry holding a level's mask of allowed (reachable) lattice subgoals.
 ACTION_MASK = "action_mask"
@@ -103,6 +109,53 @@ class ReachabilityMemory:
         self.table = torch.zeros(
             int(self.shape.prod()), space.n_points, dtype=torch.bool, device=device
         )
+        self._distances: Tensor | None = None  # cached hop counts, dropped when table grows
+
+    @property
+    def n_cells(self) -> int:
+        return self.table.shape[0]
+
+    def centres(self) -> Tensor:
+        """The position of every cell's centre ``[n_cells, dim]`` (row-major)."""
+        axes = [torch.arange(int(n), device=self.device) for n in self.shape]
+        index = torch.cartesian_prod(*axes).reshape(-1, self.space.dim)
+        return self.low + index.to(self.low) * self.cell
+
+    def targets(self) -> Tensor:
+        """The cell each lattice subgoal of each cell points at ``[n_cells, n_points]``
+        (``-1`` where it falls outside the bounds)."""
+        centres = self.centres()
+        goal = centres.unsqueeze(1) + self.points if self.space.relative else (
+            self.points.expand(self.n_cells, -1, -1))
+        top = self.low + (self.shape - 1) * self.cell
+        inside = ((goal >= self.low - self.cell / 2) & (goal <= top + self.cell / 2)).all(-1)
+        return torch.where(inside, self.cells(goal), torch.full_like(inside, -1, dtype=torch.long))
+
+    def distances(self) -> Tensor:
+        """Hop counts ``[n_cells, n_cells]`` of the shortest chains of recorded subgoals
+        between cells (``inf`` where no chain is known): the graph whose edges are the table's
+        entries. Computed by a breadth-first search from every cell at once, cached until the
+        table grows."""
+        if self._distances is not None:
+            return self._distances
+        targets = self.targets()
+        rows, points = self.table.nonzero(as_tuple=True)
+        ends = targets[rows, points]
+        keep = (ends >= 0) & (ends != rows)
+        adjacency = torch.zeros(self.n_cells, self.n_cells, device=self.device)
+        adjacency[rows[keep], ends[keep]] = 1.0
+        distance = torch.full((self.n_cells, self.n_cells), float("inf"), device=self.device)
+        seen = torch.eye(self.n_cells, dtype=torch.bool, device=self.device)
+        distance[seen] = 0.0
+        frontier = seen.clone()
+        for hops in range(1, self.n_cells):
+            frontier = ((frontier.float() @ adjacency) > 0) & ~seen
+            if not bool(frontier.any()):
+                break
+            distance[frontier] = float(hops)
+            seen |= frontier
+        self._distances = distance
+        return distance
 
     @property
     def device(self) -> torch.device:
@@ -141,7 +194,10 @@ class ReachabilityMemory:
         rows, point = self.cells(start)[near], point[near]
         before = int(self.table.sum())
         self.table[rows, point] = True
-        return int(self.table.sum()) - before
+        new = int(self.table.sum()) - before
+        if new:
+            self._distances = None
+        return new
 
     def update(
         self,
@@ -199,6 +255,7 @@ class ReachabilityMemory:
                 f"{tuple(self.table.shape)}."
             )
         self.table.copy_(table)
+        self._distances = None
 
 
 class ReachableSubgoals(TensorDictModuleBase):
@@ -235,3 +292,56 @@ class MaskedQValues(nn.Module):
         values = self.net(observation, *rest)
         mask = self._memory.mask(observation)
         return torch.where(mask, values, torch.full_like(values, self.fill))
+
+
+class PlannedSubgoals(TensorDictModuleBase):
+    """Graph-based subgoal selection over a :class:`ReachabilityMemory` (landmark planning, as
+    in Search on the Replay Buffer / Sparse Graphical Memory, on the exact table): from the
+    current cell, the lattice subgoal that starts the shortest known chain of recorded
+    subgoals to the goal's cell. Writes the pick as a one-hot ``"action"`` over the lattice
+    points (and the memory's mask as ``"action_mask"``, for ``EGreedyModule``).
+
+    Among the reachable subgoals it takes the one whose cell is fewest hops from the goal's
+    (the goal's own cell when it is reachable), ties to the lowest index; where no chain to the
+    goal is known yet, the one nearest to the goal (``norm``).
+
+    Args:
+        memory: the reachability memory (its space is the level's subgoal space).
+        goal: where the goal sits in ``observation`` (e.g. ``(2, 3)`` for GridMaze), in the
+            same units as the achieved goal.
+        norm: distance of the fallback choice.
+    """
+
+    def __init__(self, memory: ReachabilityMemory, goal: Sequence[int],
+                 norm: float = 2.0):
+        super().__init__()
+        self.memory = memory
+        self.goal = tuple(int(i) for i in goal)
+        if len(self.goal) != memory.space.dim:
+            raise ValueError(
+                f"PlannedSubgoals: the goal has {len(self.goal)} components but the subgoal "
+                f"space {memory.space.dim}."
+            )
+        self.norm = float(norm)
+        self._targets = memory.targets()
+        self._centres = memory.centres()
+        self.in_keys = [OBSERVATION]
+        self.out_keys = ["action", ACTION_MASK]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = tensordict.get(OBSERVATION)
+        memory = self.memory
+        cell = memory.cells(memory.space.achieved(observation))
+        goal_position = observation[..., list(self.goal)]
+        goal = memory.cells(goal_position)
+        targets = self._targets[cell]  # [..., n_points]
+        valid = memory.mask(observation) & (targets >= 0)
+        hops = memory.distances()[targets.clamp_min(0), goal.unsqueeze(-1)]
+        away = goal_distance(self._centres[targets.clamp_min(0)],
+                             goal_position.unsqueeze(-2), self.norm)
+        cost = torch.where(torch.isfinite(hops), hops, 1e6 + away)
+        cost = torch.where(valid, cost, torch.full_like(cost, float("inf")))
+        pick = cost.argmin(-1)
+        one_hot = torch.nn.functional.one_hot(pick, memory.space.n_points)
+        tensordict.set(ACTION_MASK, valid)
+        return tensordict.set("action", one_hot)

@@ -32,6 +32,7 @@ from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torch import Tensor
 from torchrl.data import Bounded, OneHot, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.modules import EGreedyModule
 from torchrl.objectives import LossModule
 
 from torchrl_hier.control import (
@@ -65,7 +66,7 @@ from torchrl_hier.levels.goals import (
     check_goal_env,
 )
 from torchrl_hier.levels.hindsight import SCOPES, HindsightGoals, subgoal_transitions
-from torchrl_hier.levels.reachability import ReachabilityMemory
+from torchrl_hier.levels.reachability import ACTION_MASK, PlannedSubgoals, ReachabilityMemory
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -78,6 +79,7 @@ from torchrl_hier.levels.parts import (
 
 __all__ = [
     "subgoal_level",
+    "planned_subgoal_level",
     "goal_conditioned_level",
     "subgoal_action_spec",
     "goal_control",
@@ -331,6 +333,50 @@ def subgoal_level(
         **({} if control is None else {"control": control}),
     )
     return level, loss
+
+
+def planned_subgoal_level(
+    name: str,
+    obs_dim: int,
+    memory: ReachabilityMemory,
+    goal: Sequence[int],
+    *,
+    test_probability: float = 0.0,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
+    annealing_num_steps: int = 10_000,
+    norm: float = 2.0,
+    gamma: float = 0.99,
+    env: EnvBase | None = None,
+    device: torch.device | str | None = None,
+) -> Level:
+    """A top subgoal level that plans instead of learning a value: graph-based subgoal
+    selection (:class:`~torchrl_hier.levels.PlannedSubgoals`) over the chains of subgoals
+    ``memory`` has seen reached, towards the env goal at ``goal`` (indices of the
+    observation). While exploring it replaces its pick, with probability epsilon (annealed
+    from ``eps_init`` to ``eps_end`` over ``annealing_num_steps`` of its choices, as
+    :func:`~torchrl_hier.levels.anneal_exploration` steps it), by a uniformly drawn reachable
+    subgoal; it hands below ``[absolute subgoal, test flag]`` like :func:`subgoal_level`.
+    It has no loss: feed ``memory.update(...)`` with whole episodes of the level below, whose
+    learner (``goal_conditioned_level`` + ``HindsightGoals``) is the only one."""
+    space = memory.space
+    _check_space(name, space, obs_dim)
+    if env is not None:
+        check_goal_env(env, name, space)
+    _check_positive_int(name, "annealing_num_steps", annealing_num_steps)
+    spec = OneHot(space.n_points, dtype=torch.int64, device=device)
+    modules = [
+        PlannedSubgoals(memory, goal, norm=norm),
+        EGreedyModule(spec, eps_init=float(eps_init), eps_end=float(eps_end),
+                      annealing_num_steps=annealing_num_steps, action_mask_key=ACTION_MASK,
+                      device=device),
+        LatticeSubgoal(space, device),
+    ]
+    if space.relative:
+        modules.append(SubgoalToAbsolute(space))
+    modules.append(SubgoalTestFlag(test_probability))
+    return Level(name, TensorDictSequential(*modules), action_spec=subgoal_action_spec(space),
+                 gamma=gamma)
 
 
 def goal_conditioned_level(
