@@ -286,7 +286,8 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         bounds = env.observation_spec["observation"].space
         memory = ReachabilityMemory(space, bounds.low[..., :2].reshape(-1, 2)[0],
                                     bounds.high[..., :2].reshape(-1, 2)[0],
-                                    steps=hp["reach_steps"], tolerance=tol, norm=norm)
+                                    steps=hp["reach_steps"], tolerance=tol, norm=norm,
+                                    reliability=hp.get("reliability"))
     if hp.get("planner"):  # graph-based subgoals over the memory: no top-level learner
         top = planned_subgoal_level(
             "subgoal", obs_dim, memory, (obs_dim - 2, obs_dim - 1),
@@ -329,8 +330,8 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
 
     def learn(batch: TensorDictBase) -> dict[str, float]:
         ready = episodes.add(batch)
-        if memory is not None:  # what the level below reached within reach_steps, first
-            memory.update(ready["primitive"])
+        if memory is not None:  # what the level below reached within reach_steps (and, with
+            memory.update(ready["primitive"])  # reliability, how often it reaches its subgoals)
         anneal_exploration(low.policy, ready["primitive"].shape[0])
         anneal_exploration(top.policy, ready["subgoal"].shape[0])
         learners["primitive"].extend(low_her(subgoal_segments(ready["primitive"])).exclude(SEGMENT))
@@ -393,21 +394,13 @@ CONFIGS: dict[str, Config] = {
              env_tolerance=0.5, env_norm=INF, her_k=4, test_probability=0.3, penalty=-50.0,
              updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500),
     ),
-    "grid-subgoals-reachable": Config(  # grid-subgoals with adjacency-constrained subgoals
-        "grid", build_subgoals,
-        dict(hidden=(64, 64), gamma=0.95, eps_end=0.05, anneal=20_000, tau=0.05, noise_std=None,
-             top_gamma=0.98, top_eps_end=0.05, top_anneal=5_000, top_value_range=(-50.0, 0.0),
-             subgoal_range=3.0, resolution=7, horizon=8, tolerance=0.5, norm=INF,
-             env_tolerance=0.5, env_norm=INF, her_k=4, test_probability=0.3, penalty=-50.0,
-             updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500, reach_steps=8),
-    ),
     "grid-subgoals-planned": Config(  # graph-based subgoals over the reachability memory
         "grid", build_subgoals,
         dict(hidden=(64, 64), gamma=0.95, eps_end=0.05, anneal=20_000, tau=0.05, noise_std=None,
              top_gamma=0.98, top_eps_end=0.05, top_anneal=5_000, subgoal_range=3.0,
              resolution=7, horizon=8, tolerance=0.5, norm=INF, env_tolerance=0.5, env_norm=INF,
-             her_k=4, test_probability=0.3, updates=0.02, warmup=2_000, reach_steps=8,
-             planner=True),
+             her_k=4, test_probability=0.3, updates=0.02, warmup=2_000, reach_steps=3,
+             reliability=0.2, planner=True),
     ),
     "point-subgoals": Config(
         "point", build_subgoals,

@@ -5,7 +5,7 @@ on ``GridMaze-9Rooms`` (19x19, 9 rooms of 5x5, start and goal >= 16 steps apart,
 episodes, reward 1 only at the goal, coordinates rescaled to cells) with a 500k-step budget and
 11 greedy evaluations (100 fresh episodes each), one run at a time, one thread per run.
 
-    PYTHONPATH=. python benchmarks/nine_rooms.py --configs grid-subgoals-reachable --seeds 100
+    PYTHONPATH=. python benchmarks/nine_rooms.py --configs grid-subgoals-planned --seeds 100
     PYTHONPATH=. python benchmarks/nine_rooms.py                 # reported: seeds 0, 1, 2
     PYTHONPATH=. python benchmarks/nine_rooms.py --report-only
 
@@ -30,7 +30,7 @@ import learning  # noqa: E402  (benchmarks/learning.py: configs, agents, trainin
 
 RESULTS = learning.RESULTS
 TASK = learning.Task("GridMaze-9Rooms", frames=500_000, checkpoints=10, obs_scale=18.0)
-CONFIGS = ("grid-subgoals-reachable", "grid-flat-dqn-her")
+CONFIGS = ("grid-subgoals-planned", "grid-flat-dqn-her")
 
 
 def load(path: Path) -> list[dict]:

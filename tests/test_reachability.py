@@ -222,3 +222,86 @@ def test_planned_level_hands_an_absolute_reachable_subgoal_below_and_explores_in
     with set_exploration_type(ExplorationType.RANDOM):
         explored = level.policy(TensorDict({"observation": obs}, [100]))["action"]
     assert {tuple(a[:2]) for a in explored.tolist()} == {(2.0, 3.0), (3.0, 2.0)}
+
+
+def attempts(rows: list[tuple[tuple, tuple, tuple, bool]]):
+    """Whole episodes of a goal-conditioned level (its observation is its position), one
+    subgoal attempt each: (start, absolute subgoal in "parent_action", end, episode done); an
+    attempt of two steps whose middle is its start."""
+    obs, nxt, parent, ep, done = [], [], [], [], []
+    for e, (start, subgoal, end, last_done) in enumerate(rows):
+        obs += [start, start]
+        nxt += [start, end]
+        parent += [[*subgoal, 0.0]] * 2
+        ep += [e, e]
+        done += [[False], [last_done]]
+    n = len(obs)
+    return TensorDict(
+        {"observation": torch.tensor(obs, dtype=torch.float32), "episode": torch.tensor(ep),
+         "parent_action": torch.tensor(parent),
+         "steps_to_next_obs": torch.ones(n, 1, dtype=torch.long),
+         "next": {"observation": torch.tensor(nxt, dtype=torch.float32),
+                  "done": torch.tensor(done)}},
+        [n],
+    )
+
+
+def test_reliability_estimates_and_reroutes_around_subgoals_the_level_below_misses():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1, reliability=0.5, refresh=1)
+    # two ways from (0,0) to (1,1): via (0,1) or via (1,0)
+    memory.update(episodes([[(0, 0), (0, 1), (1, 1)], [(0, 0), (1, 0), (1, 1)]]))
+    cell = lambda r, c: r * 5 + c  # noqa: E731
+    assert memory.distances()[cell(0, 0), cell(1, 1)] == 2
+    right, down = 5, 7  # lattice points (0, +1) and (+1, 0)
+    # two missed attempts at (0,1) from (0,0), one reached (1,0), one cut by the episode's end
+    memory.record_outcomes(attempts([
+        ((0, 0), (0, 1), (0, 0), False), ((0, 0), (0, 1), (0, 0), False),
+        ((0, 0), (1, 0), (1, 0), False), ((0, 0), (1, 0), (0, 0), True)]))
+    success = memory.success.reshape(5, 5, 9)
+    assert success[0, 0, right] == pytest.approx(0.25)  # 1 * (1 - 0.5)**2
+    assert success[0, 0, down] == 1.0
+    assert memory.costs().reshape(5, 5, 9)[0, 0, right] == pytest.approx(4.0)
+    assert memory.distances()[cell(0, 0), cell(1, 1)] == 2  # via (1,0), cost 1 + 1
+    memory.update(attempts([((0, 0), (1, 0), (0, 0), False)] * 3))  # update records them too
+    assert memory.distances()[cell(0, 0), cell(1, 1)] == pytest.approx(1 + 4.0)  # via (0,1)
+    planner = PlannedSubgoals(memory, goal=(2, 3))
+    obs = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    assert planner(TensorDict({"observation": obs}, [1]))["action"].argmax(-1).item() == right
+    with pytest.raises(ValueError, match="reliability"):
+        ReachabilityMemory(SPACE, 0, 4, steps=1).record_outcomes(
+            attempts([((0, 0), (0, 1), (0, 0), False)]))
+    with pytest.raises(ValueError, match="reliability"):
+        ReachabilityMemory(SPACE, 0, 4, steps=1, reliability=1.5)
+
+
+def test_planned_subgoals_config_trains_and_fills_the_memory_from_the_primitive_level(tmp_path):
+    """`hierarchy=planned_subgoals` builds from Hydra: a frozen planning top level whose memory
+    the goal-conditioned level's transition processing fills, trained by `train`."""
+    from omegaconf import OmegaConf
+    from test_train import FAST, compose_cfg
+
+    from torchrl_hier.experiment import ConfigError, build_experiment
+    from torchrl_hier.train import train
+
+    overrides = ["task=GridMaze-FourRooms", "hierarchy=planned_subgoals", "task.kwargs.max_steps=20",
+                 "hierarchy.levels.primitive.learner.warmup=4",
+                 "hierarchy.levels.primitive.learner.batch_size=8"]
+    cfg = compose_cfg([*FAST, *overrides, f"run_dir={tmp_path}"])
+    summary = train(cfg)
+    assert summary["levels"]["subgoal"]["frozen"] and summary["levels"]["subgoal"]["updates"] == 0
+    assert summary["levels"]["primitive"]["updates"] > 0
+    exp = build_experiment(cfg)
+    memory = exp.parts[0].reachability
+    assert isinstance(memory, ReachabilityMemory) and memory.reliability == 0.2
+    assert memory.space.n_points == 49 and memory.cell == pytest.approx(2 * cfg.task.goal.tolerance)
+    env = TransformedEnv(exp.env, exp.hierarchy.transform)
+    batch = env.rollout(40, exp.hierarchy.policy, break_when_any_done=False)
+    exp.pipeline(batch)
+    assert int(memory.table.sum()) > 0
+    bad = compose_cfg(["task=CartPole-v1", "hierarchy=planned_subgoals", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="goal"):
+        build_experiment(bad)
+    OmegaConf.set_struct(cfg, False)
+    cfg.hierarchy.levels.subgoal.reliability = 2.0
+    with pytest.raises(ConfigError, match="reliability"):
+        build_experiment(cfg)

@@ -33,8 +33,9 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
 
-from torchrl_hier.level import OBSERVATION
+from torchrl_hier.level import OBSERVATION, PARENT_ACTION
 from torchrl_hier.levels.goals import SubgoalSpace, goal_distance
+from torchrl_hier.levels.hindsight import episode_bounds, subgoal_attempts
 
 __all__ = [
     "ACTION_MASK",
@@ -75,8 +76,17 @@ class ReachabilityMemory:
         cell: float = 1.0,
         tolerance: float = 0.5,
         norm: float = float("inf"),
+        reliability: float | None = None,
+        refresh: int = 10,
         device: torch.device | str | None = None,
     ):
+        if reliability is not None and not 0.0 < reliability <= 1.0:
+            raise ValueError(
+                f"ReachabilityMemory: reliability (the step size of each subgoal's success "
+                f"estimate) must be in (0, 1] or None, got {reliability!r}."
+            )
+        if not (isinstance(refresh, int) and refresh >= 1):
+            raise ValueError(f"ReachabilityMemory: refresh must be a positive int, got {refresh!r}.")
         if not isinstance(space, SubgoalSpace) or space.resolution is None:
             raise ValueError(
                 "ReachabilityMemory needs a lattice SubgoalSpace (resolution=...), got "
@@ -109,7 +119,28 @@ class ReachabilityMemory:
         self.table = torch.zeros(
             int(self.shape.prod()), space.n_points, dtype=torch.bool, device=device
         )
-        self._distances: Tensor | None = None  # cached hop counts, dropped when table grows
+        self.reliability = reliability
+        self.refresh = refresh
+        #: estimated chance that the level below reaches each subgoal from each cell
+        self.success = torch.ones_like(self.table, dtype=torch.float32)
+        self._outcome_updates = 0
+        self._distances: Tensor | None = None  # cached path costs, dropped when table grows
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    def cells(self, achieved: Tensor) -> Tensor:
+        """The table row of each achieved goal ``[..., dim] -> [...]`` (clamped to the bounds)."""
+        index = ((achieved.to(self.low) - self.low) / self.cell).round().long()
+        index = torch.minimum(index.clamp_min(0), self.shape - 1)
+        return (index * self.strides).sum(-1)
+
+    def mask(self, observation: Tensor) -> Tensor:
+        """The reachable lattice subgoals from each observation, bool ``[..., n_points]``
+        (all of them where nothing was recorded yet)."""
+        rows = self.table[self.cells(self.space.achieved(observation))]
+        return rows | ~rows.any(-1, keepdim=True)
 
     @property
     def n_cells(self) -> int:
@@ -131,47 +162,94 @@ class ReachabilityMemory:
         inside = ((goal >= self.low - self.cell / 2) & (goal <= top + self.cell / 2)).all(-1)
         return torch.where(inside, self.cells(goal), torch.full_like(inside, -1, dtype=torch.long))
 
+    def costs(self) -> Tensor:
+        """The cost of pursuing each lattice subgoal from each cell ``[n_cells, n_points]``:
+        1 (a hop), or with ``reliability`` the expected number of attempts the level below
+        needs, ``1 / success`` (success clamped to >= 0.05)."""
+        if self.reliability is None:
+            return torch.ones_like(self.success)
+        return 1.0 / self.success.clamp_min(0.05)
+
     def distances(self) -> Tensor:
-        """Hop counts ``[n_cells, n_cells]`` of the shortest chains of recorded subgoals
-        between cells (``inf`` where no chain is known): the graph whose edges are the table's
-        entries. Computed by a breadth-first search from every cell at once, cached until the
-        table grows."""
+        """Costs ``[n_cells, n_cells]`` of the cheapest chains of recorded subgoals between
+        cells (``inf`` where no chain is known), on the graph whose edges are the table's
+        entries with :meth:`costs`: hop counts by a breadth-first search from every cell at
+        once, or, with ``reliability``, Bellman-Ford. Cached until the table grows (or, with
+        ``reliability``, every ``refresh`` outcome updates)."""
         if self._distances is not None:
             return self._distances
+        n = self.n_cells
         targets = self.targets()
-        rows, points = self.table.nonzero(as_tuple=True)
-        ends = targets[rows, points]
-        keep = (ends >= 0) & (ends != rows)
-        adjacency = torch.zeros(self.n_cells, self.n_cells, device=self.device)
-        adjacency[rows[keep], ends[keep]] = 1.0
-        distance = torch.full((self.n_cells, self.n_cells), float("inf"), device=self.device)
-        seen = torch.eye(self.n_cells, dtype=torch.bool, device=self.device)
-        distance[seen] = 0.0
-        frontier = seen.clone()
-        for hops in range(1, self.n_cells):
-            frontier = ((frontier.float() @ adjacency) > 0) & ~seen
-            if not bool(frontier.any()):
-                break
-            distance[frontier] = float(hops)
-            seen |= frontier
+        edges = self.table & (targets >= 0) & (targets != torch.arange(n, device=self.device)[:, None])
+        distance = torch.full((n, n), float("inf"), device=self.device)
+        distance.fill_diagonal_(0.0)
+        if self.reliability is None:
+            rows, points = edges.nonzero(as_tuple=True)
+            adjacency = torch.zeros(n, n, device=self.device)
+            adjacency[rows, targets[rows, points]] = 1.0
+            seen = distance == 0
+            frontier = seen.clone()
+            for hops in range(1, n):
+                frontier = ((frontier.float() @ adjacency) > 0) & ~seen
+                if not bool(frontier.any()):
+                    break
+                distance[frontier] = float(hops)
+                seen |= frontier
+        else:
+            cost = torch.where(edges, self.costs(), torch.full_like(self.success, float("inf")))
+            index = targets.clamp_min(0)
+            for _ in range(n):
+                through = (cost.unsqueeze(-1) + distance[index]).amin(1)  # [n, n]
+                better = torch.minimum(distance, through)
+                if torch.equal(better, distance):
+                    break
+                distance = better
         self._distances = distance
         return distance
 
-    @property
-    def device(self) -> torch.device:
-        return self.table.device
-
-    def cells(self, achieved: Tensor) -> Tensor:
-        """The table row of each achieved goal ``[..., dim] -> [...]`` (clamped to the bounds)."""
-        index = ((achieved.to(self.low) - self.low) / self.cell).round().long()
-        index = torch.minimum(index.clamp_min(0), self.shape - 1)
-        return (index * self.strides).sum(-1)
-
-    def mask(self, observation: Tensor) -> Tensor:
-        """The reachable lattice subgoals from each observation, bool ``[..., n_points]``
-        (all of them where nothing was recorded yet)."""
-        rows = self.table[self.cells(self.space.achieved(observation))]
-        return rows | ~rows.any(-1, keepdim=True)
+    def record_outcomes(
+        self,
+        td: TensorDictBase,
+        achieved: Callable[[Tensor], Tensor] | None = None,
+        episode_key: str = "episode",
+    ) -> None:
+        """Updates, with ``reliability``, the success estimates from whole episodes of the
+        goal-conditioned level below the subgoal level (rows grouped by ``episode_key`` in time
+        order, its subgoal in the first entries of ``"parent_action"``): per subgoal attempt
+        (:func:`~torchrl_hier.levels.subgoal_attempts`), whether the level reached the subgoal
+        (within ``tolerance``), as an exponential moving average with step ``reliability`` per
+        attempt. Attempts cut short by the episode's end without reaching are not counted."""
+        if self.reliability is None:
+            raise ValueError("ReachabilityMemory.record_outcomes needs reliability= set.")
+        n = td.shape[0]
+        if n == 0:
+            return
+        achieved = self.space.achieved if achieved is None else achieved
+        dim = self.space.dim
+        attempt = subgoal_attempts(td, episode_key, dim).to(self.device)
+        first, last = episode_bounds(attempt)
+        is_first = first == torch.arange(n, device=self.device)
+        first, last = first[is_first], last[is_first]
+        start = achieved(td.get(OBSERVATION).to(self.device))[first]
+        goal = td.get(PARENT_ACTION)[..., :dim].to(self.device)[first]
+        end = achieved(td.get(("next", OBSERVATION)).to(self.device))[last]
+        reached = goal_distance(end, goal, self.norm) <= self.tolerance
+        done = td.get(("next", "done")).reshape(-1).to(self.device)[last]
+        keep = reached | ~done
+        subgoal = goal - start if self.space.relative else goal
+        flat = self.cells(start) * self.space.n_points + self.space.lattice_index(subgoal)
+        flat, reached = flat[keep], reached[keep]
+        count = torch.zeros(self.success.numel(), device=self.device)
+        hits = torch.zeros_like(count)
+        count.index_add_(0, flat, torch.ones_like(flat, dtype=count.dtype))
+        hits.index_add_(0, flat, reached.to(count.dtype))
+        seen = count > 0
+        keep_old = (1.0 - self.reliability) ** count[seen]
+        success = self.success.view(-1)
+        success[seen] = keep_old * success[seen] + (1.0 - keep_old) * hits[seen] / count[seen]
+        self._outcome_updates += 1
+        if self._outcome_updates % self.refresh == 0:
+            self._distances = None
 
     def add_pairs(self, start: Tensor, reached: Tensor) -> int:
         """Records that achieved goals ``reached`` ``[N, dim]`` were reached from achieved
@@ -209,7 +287,9 @@ class ReachabilityMemory:
         time order, as ``EpisodeBuffer`` releases them) that is at most ``steps`` env steps
         apart: the start observation of a row and the achieved goal at the end of the same or
         a later row of its episode. ``achieved`` maps that level's observation to the achieved
-        goal (default ``space.achieved``); returns the number of new table entries."""
+        goal (default ``space.achieved``); returns the number of new table entries. With
+        ``reliability``, episodes of the goal-conditioned level below (with its
+        ``"parent_action"``) also update the success estimates (:meth:`record_outcomes`)."""
         achieved = self.space.achieved if achieved is None else achieved
         if td.batch_dims != 1:
             raise ValueError(
@@ -242,10 +322,12 @@ class ReachabilityMemory:
                 break
             i = i[ok]
             new += self.add_pairs(start[i], reached[i + j])
+        if self.reliability is not None and PARENT_ACTION in td.keys():
+            self.record_outcomes(td, achieved, episode_key)
         return new
 
     def state_dict(self) -> dict[str, Any]:
-        return {"table": self.table.clone()}
+        return {"table": self.table.clone(), "success": self.success.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         table = state["table"]
@@ -255,6 +337,7 @@ class ReachabilityMemory:
                 f"{tuple(self.table.shape)}."
             )
         self.table.copy_(table)
+        self.success.copy_(state["success"])
         self._distances = None
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "subgoal_action_spec",
     "goal_control",
     "subgoal_from_config",
+    "planned_subgoal_from_config",
     "goal_conditioned_from_config",
 ]
 
@@ -557,6 +558,82 @@ def subgoal_from_config(
     return LevelParts(level, loss, process=process, episodic=True, emits=SUBGOALS)
 
 
+def planned_subgoal_from_config(
+    ctx: LevelContext,
+    *,
+    subgoal_cells: int = 3,
+    reach_steps: int = 3,
+    reliability: float | None = 0.2,
+    refresh: int = 10,
+    cell: float | None = None,
+    test_probability: float = 0.3,
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+) -> LevelParts:
+    """A planning top level (config family ``planned_subgoal``, no learner of its own):
+    graph-based subgoal selection (:func:`planned_subgoal_level`) over a
+    :class:`~torchrl_hier.levels.ReachabilityMemory` that the goal-conditioned level below
+    fills with its episodes. Its subgoals are the cells within ``subgoal_cells`` cells of the
+    current one (a relative lattice of ``2 * subgoal_cells + 1`` points per component) that
+    were reached within ``reach_steps`` env steps; ``cell`` is the size of a cell in goal units
+    (default: twice ``task.goal.tolerance``, as on GridMaze, where that tolerance is half a
+    cell). ``reliability``: step size of each subgoal's success estimate (paths cost the
+    expected number of attempts; ``null``: hops). Needs a task whose goal block has
+    ``desired_indices`` (the env goal inside the observation)."""
+    where = ctx.where
+    if ctx.above is not None or ctx.lowest:
+        raise ConfigError(
+            f"{where} is a planned subgoal level: it plans towards the env goal, so it must be "
+            "the top level, with a goal-conditioned level below it."
+        )
+    task = ctx.task
+    goal_space(task, where)  # checks the goal block
+    goal = task["goal"]
+    if goal.get("desired_indices") is None:
+        raise ConfigError(
+            f"{where} plans towards the env goal, but task {task['name']!r} has no "
+            "task.goal.desired_indices (where the goal sits in the observation)."
+        )
+    tolerance = goal_tolerance(task, where)
+    if not isinstance(tolerance, float):
+        raise ConfigError(f"{where} needs one goal tolerance (a number) for its cells, got {tolerance}.")
+    cell = 2.0 * tolerance if cell is None else float(cell)
+    _check_positive_int(ctx.name, "subgoal_cells", subgoal_cells)
+    n = int(subgoal_cells)
+    space = SubgoalSpace(tuple(goal["indices"]), -n * cell, n * cell, relative=True,
+                         resolution=2 * n + 1)
+    try:
+        memory = ReachabilityMemory(
+            space, goal["low"], goal["high"], steps=int(reach_steps), cell=cell,
+            tolerance=tolerance, norm=goal_norm(task),
+            reliability=None if reliability is None else float(reliability),
+            refresh=int(refresh), device=ctx.device,
+        )
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    ex = exploration_settings(exploration)
+    level = planned_subgoal_level(
+        ctx.name, ctx.obs_dim, memory, tuple(goal["desired_indices"]),
+        test_probability=float(test_probability), eps_init=ex["eps_init"],
+        eps_end=ex["eps_end"], annealing_num_steps=ex["annealing_num_steps"],
+        norm=goal_norm(task), gamma=float(gamma), device=ctx.device,
+    )
+    return LevelParts(level, None, frozen=True, emits=SUBGOALS, reachability=memory)
+
+
+class _FeedReachability:
+    """A goal-conditioned level's processing that first records its whole episodes in the
+    reachability memory of the subgoal level above."""
+
+    def __init__(self, memory: ReachabilityMemory, achieved: Callable[[Tensor], Tensor],
+                 process: Callable[[TensorDictBase], TensorDictBase]):
+        self.memory, self.achieved, self.process = memory, achieved, process
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        self.memory.update(td, self.achieved)
+        return self.process(td)
+
+
 def _without_env_goal(where: str, task: Mapping[str, Any], obs_dim: int) -> tuple[int, ...]:
     """The observation components that are not the env goal (``task.goal.desired_indices``)."""
     goal = task["goal"]
@@ -655,4 +732,6 @@ def goal_conditioned_from_config(
         gamma=gamma, strategy=hindsight_strategy, k=int(hindsight_k), level=ctx.name,
         scope=hindsight_scope,
     )
-    return LevelParts(level, loss, process=goals, episodic=True)
+    memory = ctx.above.reachability
+    process = goals if memory is None else _FeedReachability(memory, own_space.achieved, goals)
+    return LevelParts(level, loss, process=process, episodic=True)
