@@ -11,8 +11,8 @@ episodes, reward 1 only at the goal, coordinates rescaled to cells) with a 500k-
 
 Every finished run is appended to ``benchmarks/results/<tag>.json`` at once (a long sweep
 keeps what it finished); the report is a table of greedy success (mean, min, max over seeds)
-at each checkpoint in ``<tag>.md`` and a plot of the mean with its min-max band in
-``<tag>.png``. Hyperparameters were chosen on seed 100; the reported seeds are 0, 1, 2.
+at each checkpoint in ``<tag>.md`` and a plot of the mean with its 95 % bootstrap band (with
+3 seeds: from the lowest to the highest seed) in ``<tag>.png``. Hyperparameters were chosen on seed 100; the reported seeds are 0, 1, 2.
 """
 
 from __future__ import annotations
@@ -64,39 +64,13 @@ def table(runs: list[dict], seeds: list[int] | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], path: Path, seeds: list[int] | None = None) -> None:
-    """Each config's mean greedy success over seeds, with the min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["config"] for r in runs):
-        group = [r for r in runs if r["config"] == name and (seeds is None or r["seed"] in seeds)]
-        if not group:
-            continue
-        success = np.array([r["success"] for r in group])
-        line, = ax.plot(group[0]["frames"], success.mean(0),
-                        label=f"{name} ({len(group)} seeds)")
-        ax.fill_between(group[0]["frames"], success.min(0), success.max(0), alpha=0.2,
-                        color=line.get_color())
-    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("greedy success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{TASK.env}: mean and min-max over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def report(runs: list[dict], out: Path, tag: str, seeds: list[int] | None) -> str:
     text = table(runs, seeds)
     (out / f"{tag}.md").write_text(text)
-    plot(runs, out / f"{tag}.png", seeds)
+    # learning.py's plot: the mean and its 95 % bootstrap band, which with 3 seeds spans the
+    # seeds' lowest to highest value
+    learning.plot([r for r in runs if seeds is None or r["seed"] in seeds], "grid",
+                  out / f"{tag}.png")
     return text
 
 
@@ -111,8 +85,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="nine_rooms")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", nargs="*", default=[], metavar="TAG",
+                        help="with --report-only: first add the runs of <out>/<TAG>.json")
     args = parser.parse_args()
     path = args.out / f"{args.tag}.json"
+    if args.report_only and args.merge:
+        runs = load(path)
+        for tag in args.merge:
+            extra = load(args.out / f"{tag}.json")
+            keys = {(r["config"], r["seed"]) for r in extra}
+            runs = [r for r in runs if (r["config"], r["seed"]) not in keys] + extra
+        save(path, runs)
     if not args.report_only:
         import ast
 

@@ -280,7 +280,7 @@ def test_planned_subgoals_config_trains_and_fills_the_memory_from_the_primitive_
     from omegaconf import OmegaConf
     from test_train import FAST, compose_cfg
 
-    from torchrl_hier.experiment import ConfigError, build_experiment
+    from torchrl_hier.experiment import ConfigError, build_experiment, load_checkpoint
     from torchrl_hier.train import train
 
     overrides = ["task=GridMaze-FourRooms", "hierarchy=planned_subgoals", "task.kwargs.max_steps=20",
@@ -290,6 +290,9 @@ def test_planned_subgoals_config_trains_and_fills_the_memory_from_the_primitive_
     summary = train(cfg)
     assert summary["levels"]["subgoal"]["frozen"] and summary["levels"]["subgoal"]["updates"] == 0
     assert summary["levels"]["primitive"]["updates"] > 0
+    ckpt, _ = load_checkpoint(tmp_path)  # the memory is in the checkpointed policy
+    (table,) = [v for k, v in ckpt["policy"].items() if k.endswith("memory.table")]
+    assert int(table.sum()) > 0
     exp = build_experiment(cfg)
     memory = exp.parts[0].reachability
     assert isinstance(memory, ReachabilityMemory) and memory.reliability == 0.2
@@ -305,3 +308,22 @@ def test_planned_subgoals_config_trains_and_fills_the_memory_from_the_primitive_
     cfg.hierarchy.levels.subgoal.reliability = 2.0
     with pytest.raises(ConfigError, match="reliability"):
         build_experiment(cfg)
+
+
+def test_memory_is_saved_and_restored_with_the_policy_state_dict():
+    memory = ReachabilityMemory(SPACE, 0, 4, steps=1, reliability=0.5)
+    memory.update(episodes([[(2, 2), (2, 3)]]))
+    memory.record_outcomes(attempts([((2, 2), (2, 3), (2, 2), False)]))
+    level = planned_subgoal_level("top", 4, memory, (2, 3))
+    state = level.policy.state_dict()
+    assert {k.rsplit(".", 1)[-1] for k in state if "memory" in k} == {"table", "success"}
+    fresh = ReachabilityMemory(SPACE, 0, 4, steps=1, reliability=0.5)
+    restored = planned_subgoal_level("top", 4, fresh, (2, 3))
+    before = fresh.distances()  # cached on the empty table ...
+    restored.policy.load_state_dict(state)
+    assert torch.equal(fresh.table, memory.table) and torch.equal(fresh.success, memory.success)
+    assert fresh.distances() is not before  # ... and dropped on loading
+    assert torch.equal(fresh.distances(), memory.distances())
+    # the DQN subgoal level's loss does not copy the memory into its target parameters
+    _, loss = subgoal_level("top", 4, SPACE, algorithm="dqn", reachability=memory)
+    assert not any("table" in k for k in loss.state_dict())

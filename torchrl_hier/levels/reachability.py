@@ -26,7 +26,6 @@ A cell no trajectory has left yet has every subgoal allowed (nothing is known th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -49,8 +48,13 @@ __all__ = [
 ACTION_MASK = "action_mask"
 
 
-class ReachabilityMemory:
+class ReachabilityMemory(nn.Module):
     """Which lattice subgoals have been reached from which cell within ``steps`` env steps.
+
+    An ``nn.Module`` whose buffers ``table`` and ``success`` are its state: the level modules
+    that read it (:class:`ReachableSubgoals`, :class:`PlannedSubgoals`) hold it as a
+    submodule, so it moves with ``.to(device)`` and is saved and restored with the policy's
+    ``state_dict`` (checkpoints, resume).
 
     Args:
         space: the subgoal level's lattice space (``resolution`` set; absolute or relative).
@@ -63,6 +67,12 @@ class ReachabilityMemory:
         tolerance: the distance (in ``norm``) under which a position counts as reaching a
             lattice point; usually the lower level's goal tolerance.
         norm: the distance norm (2 or ``float("inf")``).
+        reliability: if given, also estimate how often the level below reaches each subgoal
+            from each cell (:meth:`record_outcomes`, a moving average with this step size) and
+            let a chain of subgoals cost the expected number of attempts (:meth:`costs`);
+            ``None``: every recorded subgoal costs one hop.
+        refresh: with ``reliability``, recompute the path costs every ``refresh`` updates of
+            the estimates (and whenever the table grows).
         device: where the table lives.
     """
 
@@ -98,33 +108,46 @@ class ReachabilityMemory:
             raise ValueError(
                 f"ReachabilityMemory: cell and tolerance must be > 0, got {cell} and {tolerance}."
             )
+        super().__init__()
         self.space = space
         self.steps = steps
         self.cell = float(cell)
         self.tolerance = float(tolerance)
         self.norm = float(norm)
         dim = space.dim
-        self.low = torch.as_tensor(low, dtype=torch.float32, device=device).expand(dim).clone()
+        low = torch.as_tensor(low, dtype=torch.float32, device=device).expand(dim).clone()
         high = torch.as_tensor(high, dtype=torch.float32, device=device).expand(dim).clone()
-        if not bool((self.low < high).all()):
+        if not bool((low < high).all()):
             raise ValueError(
-                f"ReachabilityMemory needs low < high, got {self.low.tolist()}, {high.tolist()}."
+                f"ReachabilityMemory needs low < high, got {low.tolist()}, {high.tolist()}."
             )
-        self.shape = ((high - self.low) / self.cell).round().long() + 1
+        shape = ((high - low) / self.cell).round().long() + 1
         strides = torch.ones(dim, dtype=torch.long, device=device)
         for i in range(dim - 2, -1, -1):
-            strides[i] = strides[i + 1] * self.shape[i + 1]
-        self.strides = strides
-        self.points = space.lattice.to(device)
-        self.table = torch.zeros(
-            int(self.shape.prod()), space.n_points, dtype=torch.bool, device=device
+            strides[i] = strides[i + 1] * shape[i + 1]
+        # the layout of the table (rebuilt from the arguments, so not saved) ...
+        self.register_buffer("low", low, persistent=False)
+        self.register_buffer("shape", shape, persistent=False)
+        self.register_buffer("strides", strides, persistent=False)
+        self.register_buffer("points", space.lattice.to(device), persistent=False)
+        # ... and what was learnt: the table and the success estimates
+        self.register_buffer(
+            "table", torch.zeros(int(shape.prod()), space.n_points, dtype=torch.bool, device=device)
         )
         self.reliability = reliability
         self.refresh = refresh
         #: estimated chance that the level below reaches each subgoal from each cell
-        self.success = torch.ones_like(self.table, dtype=torch.float32)
+        self.register_buffer("success", torch.ones_like(self.table, dtype=torch.float32))
         self._outcome_updates = 0
         self._distances: Tensor | None = None  # cached path costs, dropped when table grows
+        self.register_load_state_dict_post_hook(lambda module, _: module._invalidate())
+
+    def _invalidate(self) -> None:
+        self._distances = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._invalidate()  # the cache is not a buffer: recompute it on the new device
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -326,20 +349,6 @@ class ReachabilityMemory:
             self.record_outcomes(td, achieved, episode_key)
         return new
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"table": self.table.clone(), "success": self.success.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        table = state["table"]
-        if table.shape != self.table.shape:
-            raise ValueError(
-                f"ReachabilityMemory: saved table {tuple(table.shape)} does not fit this one "
-                f"{tuple(self.table.shape)}."
-            )
-        self.table.copy_(table)
-        self.success.copy_(state["success"])
-        self._distances = None
-
 
 class ReachableSubgoals(TensorDictModuleBase):
     """Writes ``memory.mask(observation)`` as ``"action_mask"`` (for ``EGreedyModule``)."""
@@ -406,8 +415,8 @@ class PlannedSubgoals(TensorDictModuleBase):
                 f"space {memory.space.dim}."
             )
         self.norm = float(norm)
-        self._targets = memory.targets()
-        self._centres = memory.centres()
+        self.register_buffer("_targets", memory.targets(), persistent=False)
+        self.register_buffer("_centres", memory.centres(), persistent=False)
         self.in_keys = [OBSERVATION]
         self.out_keys = ["action", ACTION_MASK]
 
