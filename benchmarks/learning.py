@@ -10,6 +10,13 @@ Success rate against environment steps, on CPU, with the same env-step budget fo
 - ``grid-subgoals``: HAC-style subgoals with hindsight: a DQN subgoal level over a lattice of
   displacements (hindsight actions, hindsight goals, subgoal testing, bounded Q-values) above a
   goal-conditioned DQN (hindsight goals);
+- ``grid-flat-dqn-her``: flat DQN with hindsight goals (HER), with the learner of
+  ``grid-subgoals``' lower level, on the env goal;
+- ``grid-subgoals-planned``: a planning top level (graph-based subgoal selection over a
+  ``ReachabilityMemory`` filled from the lower level's episodes) above the same
+  goal-conditioned DQN; ``grid-subgoals`` with ``reach_steps=k`` masks its DQN subgoal level
+  to the subgoals seen reached within k steps instead (HRAC-style). Both are measured at 500k
+  steps in ``benchmarks/nine_rooms.py``;
 - ``point-flat-td3``: a flat TorchRL TD3 on ``PointMaze-Medium`` (continuous point mass,
   velocity control, 300-step episodes, reward 1 only within 0.5 cells of the goal);
 - ``point-subgoals``: the same two-level HAC set-up with a TD3 level at the bottom.
@@ -19,7 +26,7 @@ Every run trains with TorchRL's ``Collector`` and evaluates greedily
 checkpoints; the success rate is the fraction of those episodes that reach the goal. Each run
 is one process with ``torch.set_num_threads(1)``; ``--workers`` runs that many at once.
 
-    python benchmarks/learning.py                       # everything: 5 configs x 3 seeds
+    python benchmarks/learning.py                       # everything: 7 configs x 3 seeds
     python benchmarks/learning.py --configs grid-subgoals --seeds 0 --frames-scale 0.25
 
 Writes ``benchmarks/results/learning.json`` (every curve), ``learning_grid.png``,
