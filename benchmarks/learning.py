@@ -10,6 +10,13 @@ Success rate against environment steps, on CPU, with the same env-step budget fo
 - ``grid-subgoals``: HAC-style subgoals with hindsight: a DQN subgoal level over a lattice of
   displacements (hindsight actions, hindsight goals, subgoal testing, bounded Q-values) above a
   goal-conditioned DQN (hindsight goals);
+- ``grid-flat-dqn-her``: flat DQN with hindsight goals (HER), with the learner of
+  ``grid-subgoals``' lower level, on the env goal;
+- ``grid-subgoals-planned``: a planning top level (graph-based subgoal selection over a
+  ``ReachabilityMemory`` filled from the lower level's episodes) above the same
+  goal-conditioned DQN; ``grid-subgoals`` with ``reach_steps=k`` masks its DQN subgoal level
+  to the subgoals seen reached within k steps instead (HRAC-style). Both are measured at 500k
+  steps in ``benchmarks/nine_rooms.py``;
 - ``point-flat-td3``: a flat TorchRL TD3 on ``PointMaze-Medium`` (continuous point mass,
   velocity control, 300-step episodes, reward 1 only within 0.5 cells of the goal);
 - ``point-subgoals``: the same two-level HAC set-up with a TD3 level at the bottom.
@@ -19,7 +26,7 @@ Every run trains with TorchRL's ``Collector`` and evaluates greedily
 checkpoints; the success rate is the fraction of those episodes that reach the goal. Each run
 is one process with ``torch.set_num_threads(1)``; ``--workers`` runs that many at once.
 
-    python benchmarks/learning.py                       # everything: 5 configs x 3 seeds
+    python benchmarks/learning.py                       # everything: 7 configs x 3 seeds
     python benchmarks/learning.py --configs grid-subgoals --seeds 0 --frames-scale 0.25
 
 Writes ``benchmarks/results/learning.json`` (every curve), ``learning_grid.png``,
@@ -56,10 +63,12 @@ from torchrl_hier import Hierarchy
 from torchrl_hier.envs import make_env
 from torchrl_hier.learning import LevelLearner
 from torchrl_hier.levels import (
+    EpisodeBuffer,
     GoalReward,
     GoalSlot,
     HindsightGoals,
     LevelEpisodes,
+    ReachabilityMemory,
     SubgoalSpace,
     actor_critic_head,
     anneal_exploration,
@@ -68,6 +77,8 @@ from torchrl_hier.levels import (
     goal_distance,
     option_conditioned_level,
     option_level,
+    planned_subgoal_level,
+    stream_ids,
     subgoal_level,
     subgoal_transitions,
 )
@@ -186,6 +197,35 @@ def build_flat(env: EnvBase, hp: dict) -> Agent:
     return Agent(policy, None, learn)
 
 
+def build_flat_her(env: EnvBase, hp: dict) -> Agent:
+    """A flat goal-conditioned DQN with hindsight goals (HER): the learner of a subgoal
+    hierarchy's lowest level (``dqn_head``, bounded Q-values, ``HindsightGoals`` with the
+    -1 / 0 goal reward), pursuing the env goal in the observation itself. Its steps are cut into
+    whole episodes per env instance (``EpisodeBuffer``) so that HER can draw future goals."""
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    policy, _, loss = dqn_head(
+        obs_dim, env.action_spec_unbatched, hidden=hp["hidden"], gamma=hp["gamma"],
+        eps_init=1.0, eps_end=hp["eps_end"], annealing_num_steps=hp["anneal"],
+        value_range=hp["value_range"],
+    )
+    space = SubgoalSpace((0, 1), 0.0, float(hp["size"]))
+    her = HindsightGoals(
+        GoalReward(space, hp["tolerance"], goal=GoalSlot.observation((obs_dim - 2, obs_dim - 1)),
+                   reached=0.0, not_reached=-1.0, norm=hp["norm"]),
+        gamma=hp["gamma"], k=hp["her_k"], level="flat",
+    )
+    episodes = EpisodeBuffer()
+    learn_ = learner(loss, hp["gamma"], hp["updates"], warmup=hp["warmup"], tau=hp["tau"])
+
+    def learn(batch: TensorDictBase) -> dict[str, float]:
+        ready = episodes.add(flat_transitions(batch), stream_ids(batch).reshape(-1))
+        learn_.extend(her(ready))
+        anneal_exploration(policy, batch.numel())
+        return learn_.update()
+
+    return Agent(policy, None, learn)
+
+
 def build_options(env: EnvBase, hp: dict) -> Agent:
     """Options on the grid: a DQN option level over K options above an option-conditioned DQN
     that runs each option for ``timeout`` steps; both learn from the env reward."""
@@ -248,11 +288,27 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
     reach = hp["subgoal_range"]
     space = SubgoalSpace((0, 1), -reach, reach, relative=True, resolution=hp["resolution"])
     tol, norm = hp["tolerance"], hp["norm"]
-    top, top_loss = subgoal_level(
-        "subgoal", obs_dim, space, algorithm="dqn", test_probability=hp["test_probability"],
-        hidden=hp["hidden"], gamma=hp["top_gamma"], eps_end=hp["top_eps_end"],
-        annealing_num_steps=hp["top_anneal"], value_range=hp["top_value_range"], env=env,
-    )
+    memory = None
+    if hp.get("reach_steps"):  # adjacency-constrained subgoals, from the bounds of positions
+        bounds = env.observation_spec["observation"].space
+        memory = ReachabilityMemory(space, bounds.low[..., :2].reshape(-1, 2)[0],
+                                    bounds.high[..., :2].reshape(-1, 2)[0],
+                                    steps=hp["reach_steps"], tolerance=tol, norm=norm,
+                                    reliability=hp.get("reliability"))
+    if hp.get("planner"):  # graph-based subgoals over the memory: no top-level learner
+        top = planned_subgoal_level(
+            "subgoal", obs_dim, memory, (obs_dim - 2, obs_dim - 1),
+            test_probability=hp["test_probability"], eps_end=hp["top_eps_end"],
+            annealing_num_steps=hp["top_anneal"], norm=hp["env_norm"], gamma=hp["top_gamma"],
+            env=env,
+        )
+    else:
+        top, top_loss = subgoal_level(
+            "subgoal", obs_dim, space, algorithm="dqn", test_probability=hp["test_probability"],
+            hidden=hp["hidden"], gamma=hp["top_gamma"], eps_end=hp["top_eps_end"],
+            annealing_num_steps=hp["top_anneal"], value_range=hp["top_value_range"], env=env,
+            reachability=memory,
+        )
     low, low_loss = goal_conditioned_level(
         "primitive", 2, env.action_spec_unbatched, space, tolerance=tol, norm=norm,
         horizon=hp["horizon"], hidden=hp["hidden"], gamma=hp["gamma"], eps_end=hp["eps_end"],
@@ -272,22 +328,27 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         gamma=top.gamma, k=hp["her_k"], level="subgoal",
     )
     learners = {
-        "subgoal": learner(top_loss, top.gamma, hp["top_updates"], warmup=hp["top_warmup"]),
         "primitive": learner(low_loss, low.gamma, hp["updates"], warmup=hp["warmup"],
                              tau=hp["tau"]),
     }
+    if not hp.get("planner"):
+        learners["subgoal"] = learner(top_loss, top.gamma, hp["top_updates"],
+                                      warmup=hp["top_warmup"])
 
     def learn(batch: TensorDictBase) -> dict[str, float]:
         ready = episodes.add(batch)
+        if memory is not None:  # what the level below reached within reach_steps (and, with
+            memory.update(ready["primitive"])  # reliability, how often it reaches its subgoals)
         anneal_exploration(low.policy, ready["primitive"].shape[0])
         anneal_exploration(top.policy, ready["subgoal"].shape[0])
         learners["primitive"].extend(low_her(subgoal_segments(ready["primitive"])).exclude(SEGMENT))
-        learners["subgoal"].extend(
-            subgoal_transitions(
-                ready["subgoal"], space, tolerance=tol, norm=norm, penalty=hp["penalty"],
-                goals=top_her, level="subgoal",
+        if "subgoal" in learners:
+            learners["subgoal"].extend(
+                subgoal_transitions(
+                    ready["subgoal"], space, tolerance=tol, norm=norm, penalty=hp["penalty"],
+                    goals=top_her, level="subgoal",
+                )
             )
-        )
         logs = {}
         for name, lrn in learners.items():
             logs.update({f"{name}/{k}": v for k, v in lrn.update().items()})
@@ -301,6 +362,8 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
             logs["reached"] = float(reached.float().mean())
             if tested.any():
                 logs["reached_tested"] = float(reached[tested].float().mean())
+        if memory is not None:
+            logs["reachable"] = float(memory.table.float().mean())
         return logs
 
     return Agent(hier.policy, lambda: hier.transform, learn)
@@ -319,6 +382,12 @@ CONFIGS: dict[str, Config] = {
         dict(algorithm="dqn", hidden=(64, 64), gamma=0.99, eps_end=0.05, anneal=100_000,
              updates=0.1, warmup=2_000),
     ),
+    "grid-flat-dqn-her": Config(  # the grid-subgoals lower level's learner, on the env goal
+        "grid", build_flat_her,
+        dict(hidden=(64, 64), gamma=0.98, value_range=(-50.0, 0.0), eps_end=0.05,
+             anneal=20_000, tau=0.05, tolerance=0.5, norm=INF, her_k=4, size=18.0,
+             updates=0.02, warmup=2_000),
+    ),
     "grid-options": Config(
         "grid", build_options,
         dict(n_options=4, timeout=8, hidden=(64, 64), gamma=0.99, eps_end=0.05,
@@ -331,6 +400,14 @@ CONFIGS: dict[str, Config] = {
              subgoal_range=3.0, resolution=7, horizon=8, tolerance=0.5, norm=INF,
              env_tolerance=0.5, env_norm=INF, her_k=4, test_probability=0.3, penalty=-50.0,
              updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500),
+    ),
+    "grid-subgoals-planned": Config(  # graph-based subgoals over the reachability memory
+        "grid", build_subgoals,
+        dict(hidden=(64, 64), gamma=0.95, eps_end=0.05, anneal=20_000, tau=0.05, noise_std=None,
+             top_gamma=0.98, top_eps_end=0.05, top_anneal=5_000, subgoal_range=3.0,
+             resolution=7, horizon=8, tolerance=0.5, norm=INF, env_tolerance=0.5, env_norm=INF,
+             her_k=4, test_probability=0.3, updates=0.02, warmup=2_000, reach_steps=3,
+             reliability=0.2, planner=True),
     ),
     "point-subgoals": Config(
         "point", build_subgoals,

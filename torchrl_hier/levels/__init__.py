@@ -100,10 +100,19 @@ from torchrl_hier.levels.parts import (
     dqn_head,
     exploration_modules,
 )
+from torchrl_hier.levels.reachability import (
+    ACTION_MASK,
+    MaskedQValues,
+    PlannedSubgoals,
+    ReachabilityMemory,
+    ReachableSubgoals,
+)
 from torchrl_hier.levels.subgoals import (
     goal_conditioned_from_config,
     goal_conditioned_level,
     goal_control,
+    planned_subgoal_from_config,
+    planned_subgoal_level,
     subgoal_action_spec,
     subgoal_from_config,
     subgoal_level,
@@ -167,6 +176,13 @@ __all__ = [
     "anneal_exploration",
     "dqn_head",
     "exploration_modules",
+    "ACTION_MASK",
+    "MaskedQValues",
+    "ReachabilityMemory",
+    "ReachableSubgoals",
+    "PlannedSubgoals",
+    "planned_subgoal_level",
+    "planned_subgoal_from_config",
     "goal_conditioned_level",
     "goal_control",
     "subgoal_action_spec",

@@ -61,7 +61,9 @@ class LevelParts:
 
     ``process`` relabels its transitions (hindsight); ``episodic`` levels get whole episodes;
     ``on_policy`` levels learn from their trajectories (``OnPolicyLearner``); ``emits`` says
-    what its actions are to the level below (``"options"``, ``"subgoals"`` or ``"actions"``).
+    what its actions are to the level below (``"options"``, ``"subgoals"`` or ``"actions"``);
+    ``reachability`` is a subgoal level's ``ReachabilityMemory``, which the goal-conditioned
+    level below feeds with its episodes.
     A ``frozen`` level has no learner of its own (``loss`` None, no ``learner`` block): its
     networks are trained by another level's loss (option-critic's ``Q_Omega``) or not at all.
     """
@@ -73,6 +75,9 @@ class LevelParts:
     on_policy: bool = False
     emits: str = ACTIONS
     frozen: bool = False
+    #: a subgoal level's reachability memory (``ReachabilityMemory``), for the level below to
+    #: feed with its whole episodes
+    reachability: Any = None
 
     def __post_init__(self) -> None:
         if (self.loss is None) != self.frozen:

@@ -36,6 +36,12 @@ from torchrl.objectives import DQNLoss, LossModule, SACLoss, TD3Loss, ValueEstim
 
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION
 from torchrl_hier.levels.goals import SubgoalSpace
+from torchrl_hier.levels.reachability import (
+    ACTION_MASK,
+    MaskedQValues,
+    ReachabilityMemory,
+    ReachableSubgoals,
+)
 from torchrl_hier.smdp import masked_where
 
 __all__ = [
@@ -172,6 +178,7 @@ def dqn_head(
     annealing_num_steps: int = 10_000,
     double_dqn: bool = True,
     value_range: tuple[float, float] | None = None,
+    reachability: ReachabilityMemory | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, QValueActor, DQNLoss]:
     """A Q-network policy with epsilon-greedy exploration, its ``QValueActor`` and ``DQNLoss``.
@@ -179,6 +186,9 @@ def dqn_head(
     Returns ``(policy, qvalue_actor, loss)``; the loss's value estimator is TD(0) with
     ``gamma``, which discounts by ``gamma**steps_to_next_obs`` (the level's τ).
     ``value_range=(low, high)`` bounds the Q-values (:class:`ValueRange`).
+    ``reachability``: for a lattice subgoal level, only the subgoals the memory has seen
+    reached from the current position are chosen, greedily or exploring, and bootstrapped
+    from (:class:`~torchrl_hier.levels.MaskedQValues`; the others get ``value_range``'s low).
     """
     if device is not None:
         action_spec = action_spec.to(device)
@@ -188,17 +198,27 @@ def dqn_head(
             value_range),
         goal_space,
     )
+    masking = []
+    if reachability is not None:
+        if reachability.space.n_points != n_actions:
+            raise ValueError(
+                f"dqn_head: the reachability memory is over {reachability.space.n_points} "
+                f"lattice subgoals but the head has {n_actions} actions."
+            )
+        net = MaskedQValues(net, reachability, -1e4 if value_range is None else value_range[0])
+        masking = [ReachableSubgoals(reachability)]
     actor = QValueActor(net, in_keys=_in_keys(parent_dim), spec=action_spec.clone())
     explore = EGreedyModule(
         action_spec.clone(),
         eps_init=float(eps_init),
         eps_end=float(eps_end),
         annealing_num_steps=annealing_num_steps,
+        action_mask_key=ACTION_MASK if masking else None,
         device=device,
     )
     loss = DQNLoss(actor, action_space=action_spec.clone(), delay_value=True, double_dqn=double_dqn)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
-    return TensorDictSequential(actor, explore), actor, loss
+    return TensorDictSequential(*masking, actor, explore), actor, loss
 
 
 class GaussianOrUniform(AdditiveGaussianModule):

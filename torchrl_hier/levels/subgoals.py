@@ -32,6 +32,7 @@ from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torch import Tensor
 from torchrl.data import Bounded, OneHot, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.modules import EGreedyModule
 from torchrl.objectives import LossModule
 
 from torchrl_hier.control import (
@@ -65,6 +66,7 @@ from torchrl_hier.levels.goals import (
     check_goal_env,
 )
 from torchrl_hier.levels.hindsight import SCOPES, HindsightGoals, subgoal_transitions
+from torchrl_hier.levels.reachability import ACTION_MASK, PlannedSubgoals, ReachabilityMemory
 from torchrl_hier.levels.parts import (
     GreedyWhenTested,
     LatticeSubgoal,
@@ -77,10 +79,12 @@ from torchrl_hier.levels.parts import (
 
 __all__ = [
     "subgoal_level",
+    "planned_subgoal_level",
     "goal_conditioned_level",
     "subgoal_action_spec",
     "goal_control",
     "subgoal_from_config",
+    "planned_subgoal_from_config",
     "goal_conditioned_from_config",
 ]
 
@@ -211,6 +215,7 @@ def subgoal_level(
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
+    reachability: ReachabilityMemory | None = None,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -241,6 +246,11 @@ def subgoal_level(
             level can get, e.g. ``(0, 1)`` for a 0/1 goal reward); ``None``: unbounded.
         random_probability: TD3: the share of exploring subgoals drawn uniformly from the
             space (HAC: 0.2) instead of noised (:class:`~torchrl_hier.levels.GaussianOrUniform`).
+        reachability: ``algorithm="dqn"`` only: adjacency-constrained subgoals (HRAC-style):
+            the level picks, explores and bootstraps only among the lattice subgoals this
+            :class:`~torchrl_hier.levels.ReachabilityMemory` has seen reached from the current
+            position within its ``steps``; feed the memory whole episodes of the level below
+            (``memory.update(episodes)``) before the learners' ``extend``.
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -263,6 +273,16 @@ def subgoal_level(
         parent_dim = goal_space.dim + 1
     elif tolerance is not None:
         _check_tolerance(name, tolerance, space.dim)
+    if reachability is not None and algorithm != "dqn":
+        raise ValueError(
+            f"Level {name!r}: reachability= masks the points of a lattice; it needs "
+            f"algorithm='dqn', got {algorithm!r}."
+        )
+    if reachability is not None and reachability.space != space:
+        raise ValueError(
+            f"Level {name!r}: its reachability memory is over {reachability.space}, not the "
+            f"level's subgoal space {space}."
+        )
     if algorithm == "dqn":
         if space.resolution is None:
             raise ValueError(
@@ -273,7 +293,7 @@ def subgoal_level(
             obs_dim, OneHot(space.n_points, dtype=torch.int64), parent_dim=parent_dim,
             goal_space=goal_space, hidden=hidden, gamma=gamma, eps_init=eps_init,
             eps_end=eps_end, annealing_num_steps=annealing_num_steps, value_range=value_range,
-            device=device,
+            reachability=reachability, device=device,
         )
         modules = [policy, LatticeSubgoal(space, device)]
     else:
@@ -314,6 +334,50 @@ def subgoal_level(
         **({} if control is None else {"control": control}),
     )
     return level, loss
+
+
+def planned_subgoal_level(
+    name: str,
+    obs_dim: int,
+    memory: ReachabilityMemory,
+    goal: Sequence[int],
+    *,
+    test_probability: float = 0.0,
+    eps_init: float = 1.0,
+    eps_end: float = 0.05,
+    annealing_num_steps: int = 10_000,
+    norm: float = 2.0,
+    gamma: float = 0.99,
+    env: EnvBase | None = None,
+    device: torch.device | str | None = None,
+) -> Level:
+    """A top subgoal level that plans instead of learning a value: graph-based subgoal
+    selection (:class:`~torchrl_hier.levels.PlannedSubgoals`) over the chains of subgoals
+    ``memory`` has seen reached, towards the env goal at ``goal`` (indices of the
+    observation). While exploring it replaces its pick, with probability epsilon (annealed
+    from ``eps_init`` to ``eps_end`` over ``annealing_num_steps`` of its choices, as
+    :func:`~torchrl_hier.levels.anneal_exploration` steps it), by a uniformly drawn reachable
+    subgoal; it hands below ``[absolute subgoal, test flag]`` like :func:`subgoal_level`.
+    It has no loss: feed ``memory.update(...)`` with whole episodes of the level below, whose
+    learner (``goal_conditioned_level`` + ``HindsightGoals``) is the only one."""
+    space = memory.space
+    _check_space(name, space, obs_dim)
+    if env is not None:
+        check_goal_env(env, name, space)
+    _check_positive_int(name, "annealing_num_steps", annealing_num_steps)
+    spec = OneHot(space.n_points, dtype=torch.int64, device=device)
+    modules = [
+        PlannedSubgoals(memory, goal, norm=norm),
+        EGreedyModule(spec, eps_init=float(eps_init), eps_end=float(eps_end),
+                      annealing_num_steps=annealing_num_steps, action_mask_key=ACTION_MASK,
+                      device=device),
+        LatticeSubgoal(space, device),
+    ]
+    if space.relative:
+        modules.append(SubgoalToAbsolute(space))
+    modules.append(SubgoalTestFlag(test_probability))
+    return Level(name, TensorDictSequential(*modules), action_spec=subgoal_action_spec(space),
+                 gamma=gamma)
 
 
 def goal_conditioned_level(
@@ -494,6 +558,82 @@ def subgoal_from_config(
     return LevelParts(level, loss, process=process, episodic=True, emits=SUBGOALS)
 
 
+def planned_subgoal_from_config(
+    ctx: LevelContext,
+    *,
+    subgoal_cells: int = 3,
+    reach_steps: int = 3,
+    reliability: float | None = 0.2,
+    refresh: int = 10,
+    cell: float | None = None,
+    test_probability: float = 0.3,
+    gamma: float = 0.99,
+    exploration: Mapping[str, Any] | None = None,
+) -> LevelParts:
+    """A planning top level (config family ``planned_subgoal``, no learner of its own):
+    graph-based subgoal selection (:func:`planned_subgoal_level`) over a
+    :class:`~torchrl_hier.levels.ReachabilityMemory` that the goal-conditioned level below
+    fills with its episodes. Its subgoals are the cells within ``subgoal_cells`` cells of the
+    current one (a relative lattice of ``2 * subgoal_cells + 1`` points per component) that
+    were reached within ``reach_steps`` env steps; ``cell`` is the size of a cell in goal units
+    (default: twice ``task.goal.tolerance``, as on GridMaze, where that tolerance is half a
+    cell). ``reliability``: step size of each subgoal's success estimate (paths cost the
+    expected number of attempts; ``null``: hops). Needs a task whose goal block has
+    ``desired_indices`` (the env goal inside the observation)."""
+    where = ctx.where
+    if ctx.above is not None or ctx.lowest:
+        raise ConfigError(
+            f"{where} is a planned subgoal level: it plans towards the env goal, so it must be "
+            "the top level, with a goal-conditioned level below it."
+        )
+    task = ctx.task
+    goal_space(task, where)  # checks the goal block
+    goal = task["goal"]
+    if goal.get("desired_indices") is None:
+        raise ConfigError(
+            f"{where} plans towards the env goal, but task {task['name']!r} has no "
+            "task.goal.desired_indices (where the goal sits in the observation)."
+        )
+    tolerance = goal_tolerance(task, where)
+    if not isinstance(tolerance, float):
+        raise ConfigError(f"{where} needs one goal tolerance (a number) for its cells, got {tolerance}.")
+    cell = 2.0 * tolerance if cell is None else float(cell)
+    _check_positive_int(ctx.name, "subgoal_cells", subgoal_cells)
+    n = int(subgoal_cells)
+    space = SubgoalSpace(tuple(goal["indices"]), -n * cell, n * cell, relative=True,
+                         resolution=2 * n + 1)
+    try:
+        memory = ReachabilityMemory(
+            space, goal["low"], goal["high"], steps=int(reach_steps), cell=cell,
+            tolerance=tolerance, norm=goal_norm(task),
+            reliability=None if reliability is None else float(reliability),
+            refresh=int(refresh), device=ctx.device,
+        )
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    ex = exploration_settings(exploration)
+    level = planned_subgoal_level(
+        ctx.name, ctx.obs_dim, memory, tuple(goal["desired_indices"]),
+        test_probability=float(test_probability), eps_init=ex["eps_init"],
+        eps_end=ex["eps_end"], annealing_num_steps=ex["annealing_num_steps"],
+        norm=goal_norm(task), gamma=float(gamma), device=ctx.device,
+    )
+    return LevelParts(level, None, frozen=True, emits=SUBGOALS, reachability=memory)
+
+
+class _FeedReachability:
+    """A goal-conditioned level's processing that first records its whole episodes in the
+    reachability memory of the subgoal level above."""
+
+    def __init__(self, memory: ReachabilityMemory, achieved: Callable[[Tensor], Tensor],
+                 process: Callable[[TensorDictBase], TensorDictBase]):
+        self.memory, self.achieved, self.process = memory, achieved, process
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        self.memory.update(td, self.achieved)
+        return self.process(td)
+
+
 def _without_env_goal(where: str, task: Mapping[str, Any], obs_dim: int) -> tuple[int, ...]:
     """The observation components that are not the env goal (``task.goal.desired_indices``)."""
     goal = task["goal"]
@@ -592,4 +732,6 @@ def goal_conditioned_from_config(
         gamma=gamma, strategy=hindsight_strategy, k=int(hindsight_k), level=ctx.name,
         scope=hindsight_scope,
     )
-    return LevelParts(level, loss, process=goals, episodic=True)
+    memory = ctx.above.reachability
+    process = goals if memory is None else _FeedReachability(memory, own_space.achieved, goals)
+    return LevelParts(level, loss, process=process, episodic=True)
