@@ -323,6 +323,7 @@ def _train_actor_on_slope(penalty: float, steps: int = 300) -> float:
     return float(u.abs().mean())
 
 
+@pytest.mark.filterwarnings("ignore:No target network updater")
 def test_pre_tanh_penalty_keeps_a_td3_actor_off_its_tanh_bound():
     # stock TD3 + Adam on a critic that barely depends on the action: the pre-tanh output
     # runs far past where the tanh responds (the saturated HAC primitive level)
@@ -331,6 +332,7 @@ def test_pre_tanh_penalty_keeps_a_td3_actor_off_its_tanh_bound():
     assert _train_actor_on_slope(0.01) < 1.0
 
 
+@pytest.mark.filterwarnings("ignore:No target network updater")
 def test_pre_tanh_penalty_value_and_settings():
     from torchrl_hier.levels import PreTanhPenaltyTD3Loss
 
