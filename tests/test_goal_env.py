@@ -281,3 +281,83 @@ def test_mountain_car_success_is_reaching_the_flag():
         td = td["next"]
     assert torch.equal(td["next", "is_success"], td["next", "terminated"])
     assert td["next", "terminated"].any() and td["next", "reward"].max() > 90
+
+
+# ----------------------------------------------------------------------------- pre-tanh penalty
+class _SlopeCritic(torch.nn.Module):
+    """Q(s, a) = 0.01 * a: a critic that prefers the upper bound, by very little."""
+
+    def forward(self, observation, action):
+        return 0.01 * action.sum(-1, keepdim=True) + 0.0 * observation.sum(-1, keepdim=True)
+
+
+def _train_actor_on_slope(penalty: float, steps: int = 300) -> float:
+    """Trains a TD3 head's actor (Adam) against :class:`_SlopeCritic`; returns mean |u|."""
+    from torchrl.modules import ValueOperator
+    from torchrl.objectives import TD3Loss
+
+    from torchrl_hier.levels import PreTanhPenaltyTD3Loss
+
+    torch.manual_seed(0)
+    spec = Bounded(-torch.ones(1), torch.ones(1), (1,))
+    _, actor, loss = actor_critic_head(2, spec, hidden=(16,), pre_tanh_penalty=penalty)
+    assert type(loss) is (PreTanhPenaltyTD3Loss if penalty else TD3Loss)
+    critic = ValueOperator(_SlopeCritic(), in_keys=["observation", "action"])
+    loss = (PreTanhPenaltyTD3Loss(actor, critic, action_spec=spec, pre_tanh_penalty=penalty)
+            if penalty else TD3Loss(actor, critic, action_spec=spec))
+    optim = torch.optim.Adam(list(actor.parameters()), lr=1e-2)
+    obs = torch.rand(64, 2) * 2 - 1
+    td = TensorDict({"observation": obs, "action": torch.zeros(64, 1),
+                     "next": {"observation": obs, "reward": torch.zeros(64, 1),
+                              "done": torch.zeros(64, 1, dtype=torch.bool),
+                              "terminated": torch.zeros(64, 1, dtype=torch.bool)}}, [64])
+    for _ in range(steps):
+        out = loss(td.clone())
+        optim.zero_grad()
+        (out["loss_actor"] + out.get("loss_pre_tanh", torch.zeros(()))).backward()
+        optim.step()
+    with torch.no_grad():
+        u = actor(td.select("observation"))["param"]
+    if penalty:
+        assert torch.isclose(out["pre_tanh_abs"], u.abs().mean(), rtol=0.2)
+    return float(u.abs().mean())
+
+
+@pytest.mark.filterwarnings("ignore:No target network updater")
+def test_pre_tanh_penalty_keeps_a_td3_actor_off_its_tanh_bound():
+    # stock TD3 + Adam on a critic that barely depends on the action: the pre-tanh output
+    # runs far past where the tanh responds (the saturated HAC primitive level)
+    assert _train_actor_on_slope(0.0) > 3.0  # tanh(3) = 0.995
+    # the penalty's gradient 2 w u balances 0.01 / cosh(u)**2 near |u| ~ 0.4
+    assert _train_actor_on_slope(0.01) < 1.0
+
+
+@pytest.mark.filterwarnings("ignore:No target network updater")
+def test_pre_tanh_penalty_value_and_settings():
+    from torchrl_hier.levels import PreTanhPenaltyTD3Loss
+
+    spec = Bounded(-torch.ones(1), torch.ones(1), (1,))
+    _, actor, loss = actor_critic_head(3, spec, pre_tanh_penalty=0.5)
+    td = TensorDict({"observation": torch.randn(8, 3), "action": torch.zeros(8, 1),
+                     "next": {"observation": torch.randn(8, 3), "reward": torch.zeros(8, 1),
+                              "done": torch.zeros(8, 1, dtype=torch.bool),
+                              "terminated": torch.zeros(8, 1, dtype=torch.bool)}}, [8])
+    out = loss(td.clone())
+    with torch.no_grad():
+        u = actor(td.select("observation"))["param"]
+    torch.testing.assert_close(out["loss_pre_tanh"], 0.5 * u.pow(2).mean())
+    with pytest.raises(ValueError, match="pre_tanh_penalty must be a positive number"):
+        PreTanhPenaltyTD3Loss(actor, loss.qvalue_network, action_spec=spec, pre_tanh_penalty=0)
+    with pytest.raises(ValueError, match="is for the TD3 actor"):
+        actor_critic_head(3, spec, algorithm="sac", pre_tanh_penalty=0.1)
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        actor_critic_head(3, spec, pre_tanh_penalty=-1.0)
+    # the hac configs switch it on per level; bad values are config errors
+    cfg = compose_cfg(["task=MountainCarContinuous", "hierarchy=hac",
+                       "hierarchy.levels.primitive.pre_tanh_penalty=0.01"])
+    exp = build_experiment(cfg, n_envs=1, seed=0)
+    assert isinstance(exp.learners["primitive"].loss, PreTanhPenaltyTD3Loss)
+    cfg = compose_cfg(["task=MountainCarContinuous", "hierarchy=hac",
+                       "hierarchy.levels.top.pre_tanh_penalty=-0.1"])
+    with pytest.raises(ConfigError, match="levels.top.pre_tanh_penalty=-0.1; give a number >= 0"):
+        build_experiment(cfg, n_envs=1, seed=0)

@@ -89,6 +89,7 @@ from torchrl_hier.levels.options import (
 )
 from torchrl_hier.levels.parts import (
     GaussianOrUniform,
+    PreTanhPenaltyTD3Loss,
     GreedyWhenTested,
     InputNet,
     LatticeSubgoal,
@@ -172,6 +173,7 @@ __all__ = [
     "SubgoalTestFlag",
     "SubgoalToAbsolute",
     "GaussianOrUniform",
+    "PreTanhPenaltyTD3Loss",
     "actor_critic_head",
     "anneal_exploration",
     "dqn_head",

@@ -47,6 +47,7 @@ __all__ = [
     "goal_norm",
     "goal_tolerance",
     "value_range_setting",
+    "pre_tanh_penalty_setting",
     "env_goal_hindsight",
     "on_policy_parts",
 ]
@@ -211,6 +212,18 @@ def value_range_setting(value: Any, where: str) -> tuple[float, float] | None:
     if not low < high:
         raise ConfigError(f"{where}.value_range={value!r} needs low < high.")
     return low, high
+
+
+def pre_tanh_penalty_setting(value: Any, where: str, algorithm: str) -> float:
+    """A TD3 level's ``pre_tanh_penalty`` setting: a number >= 0 (0: none), TD3 only."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{where}.pre_tanh_penalty={value!r}; give a number >= 0 (0: none).")
+    if value and algorithm != "td3":
+        raise ConfigError(
+            f"{where}.pre_tanh_penalty={value!r} penalises a TD3 actor's pre-tanh output; "
+            f"algorithm={algorithm!r} has none. Set it to 0."
+        )
+    return float(value)
 
 
 def _as_list(value: Any, goal: Mapping[str, Any]) -> list[float]:

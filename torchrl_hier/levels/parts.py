@@ -57,6 +57,7 @@ __all__ = [
     "dqn_head",
     "actor_critic_head",
     "GaussianOrUniform",
+    "PreTanhPenaltyTD3Loss",
     "anneal_exploration",
     "exploration_modules",
 ]
@@ -251,6 +252,45 @@ class GaussianOrUniform(AdditiveGaussianModule):
         return f"random_probability={self.random_probability}"
 
 
+class PreTanhPenaltyTD3Loss(TD3Loss):
+    """TorchRL's ``TD3Loss`` plus ``loss_pre_tanh = weight * mean(u**2)``, a penalty on the
+    pre-tanh output ``u`` (entry ``pre_tanh_key``) of its ``TanhDelta`` actor.
+
+    A tanh actor trained with Adam on a critic that barely depends on the action drifts to
+    ``|u| >> 1``: Adam rescales the vanishing ``(1 - tanh(u)**2) dQ/da`` gradient to full-size
+    steps, the action sticks at a bound and no later critic can pull it back (the gradient
+    through the saturated tanh is ~0). The penalty's gradient ``2 * weight * u`` does not
+    vanish, so it keeps ``u`` where the tanh still responds (as rlkit's DDPG
+    ``policy_pre_activation_weight``). It adds one actor forward per gradient step; the
+    ``pre_tanh_abs`` output (mean ``|u|``) shows how far the actor sits from saturation.
+    """
+
+    def __init__(self, *args, pre_tanh_penalty: float, pre_tanh_key: str = "param", **kwargs):
+        if not (isinstance(pre_tanh_penalty, (int, float)) and pre_tanh_penalty > 0):
+            raise ValueError(
+                f"pre_tanh_penalty must be a positive number (the weight of mean(u**2) in the "
+                f"actor loss), got {pre_tanh_penalty!r}; use TD3Loss for no penalty."
+            )
+        super().__init__(*args, **kwargs)
+        self.pre_tanh_penalty = float(pre_tanh_penalty)
+        self.pre_tanh_key = pre_tanh_key
+
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        loss_actor, metadata = super().actor_loss(tensordict)
+        td = tensordict.select(*self.actor_network.in_keys, strict=False)
+        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
+            td = self.actor_network(td)
+        if self.pre_tanh_key not in td.keys():
+            raise KeyError(
+                f"PreTanhPenaltyTD3Loss: the actor wrote no {self.pre_tanh_key!r} entry (its "
+                f"pre-tanh output); it wrote {sorted(map(str, td.keys()))}."
+            )
+        u = td.get(self.pre_tanh_key)
+        metadata["loss_pre_tanh"] = self.pre_tanh_penalty * u.pow(2).mean()
+        metadata["pre_tanh_abs"] = u.detach().abs().mean()
+        return loss_actor, metadata
+
+
 def actor_critic_head(
     obs_dim: int,
     action_spec: Bounded,
@@ -265,6 +305,7 @@ def actor_critic_head(
     annealing_num_steps: int = 10_000,
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
+    pre_tanh_penalty: float = 0.0,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, ProbabilisticActor, LossModule]:
     """A bounded continuous actor, its critic and a ``TD3Loss`` or ``SACLoss``.
@@ -273,10 +314,18 @@ def actor_critic_head(
     ``noise_std * (high - low) / 2`` (annealed to ``noise_end``); with ``random_probability``
     that share of its exploring actions is uniform in the box instead (:class:`GaussianOrUniform`). SAC: a ``TanhNormal`` actor,
     sampled while exploring. Returns ``(policy, actor, loss)``. ``value_range=(low, high)``
-    bounds the critic's Q-values (:class:`ValueRange`).
+    bounds the critic's Q-values (:class:`ValueRange`). ``pre_tanh_penalty > 0`` (TD3 only)
+    keeps the actor off its tanh bounds (:class:`PreTanhPenaltyTD3Loss`).
     """
     if algorithm not in ("td3", "sac"):
         raise ValueError(f"algorithm must be 'td3' or 'sac' for continuous actions, got {algorithm!r}.")
+    if not (isinstance(pre_tanh_penalty, (int, float)) and pre_tanh_penalty >= 0):
+        raise ValueError(f"pre_tanh_penalty must be a number >= 0, got {pre_tanh_penalty!r}.")
+    if pre_tanh_penalty and algorithm != "td3":
+        raise ValueError(
+            f"pre_tanh_penalty={pre_tanh_penalty} is for the TD3 actor (TanhDelta); "
+            f"algorithm={algorithm!r} has none. Set it to 0."
+        )
     if not isinstance(action_spec, Bounded):
         raise TypeError(
             f"A continuous level needs a Bounded action spec, got {type(action_spec).__name__}."
@@ -329,7 +378,12 @@ def actor_critic_head(
         InputNet(mlp(in_features + dim, 1, hidden, device, value_range), goal_space),
         in_keys=[*in_keys, ACTION],
     )
-    if algorithm == "td3":
+    if algorithm == "td3" and pre_tanh_penalty:
+        loss = PreTanhPenaltyTD3Loss(
+            actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2,
+            pre_tanh_penalty=float(pre_tanh_penalty),
+        )
+    elif algorithm == "td3":
         loss = TD3Loss(actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2)
     else:
         loss = SACLoss(actor, critic, action_spec=action_spec.clone(), num_qvalue_nets=2)
@@ -354,12 +408,19 @@ def conditioned_head(
     noise_end: float | None = None,
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
+    pre_tanh_penalty: float = 0.0,
     device: torch.device | str | None = None,
 ) -> tuple[TensorDictModuleBase, LossModule]:
     """The head of a level conditioned on its parent's action (an option or a subgoal):
     :func:`dqn_head` for a ``Categorical``/``OneHot`` action spec, :func:`actor_critic_head`
-    (TD3 by default, or SAC) for a ``Bounded`` one. Returns ``(policy, loss)``."""
+    (TD3 by default, or SAC) for a ``Bounded`` one. Returns ``(policy, loss)``.
+    ``pre_tanh_penalty``: see :func:`actor_critic_head` (continuous TD3 only)."""
     if isinstance(action_spec, (Categorical, OneHot)):
+        if pre_tanh_penalty:
+            raise ValueError(
+                f"Level {name!r}: pre_tanh_penalty={pre_tanh_penalty} is for a TD3 actor; "
+                f"discrete actions ({type(action_spec).__name__}) have none. Set it to 0."
+            )
         if algorithm not in (None, "dqn"):
             raise ValueError(
                 f"Level {name!r}: discrete actions ({type(action_spec).__name__}) use "
@@ -376,7 +437,8 @@ def conditioned_head(
             obs_dim, action_spec, algorithm=algorithm or "td3", parent_dim=parent_dim,
             goal_space=goal_space, hidden=hidden, gamma=gamma, noise_std=noise_std,
             noise_end=noise_end, annealing_num_steps=annealing_num_steps,
-            value_range=value_range, random_probability=random_probability, device=device,
+            value_range=value_range, random_probability=random_probability,
+            pre_tanh_penalty=pre_tanh_penalty, device=device,
         )
         return policy, loss
     raise TypeError(

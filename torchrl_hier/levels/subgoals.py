@@ -55,6 +55,7 @@ from torchrl_hier.levels.from_config import (
     goal_norm,
     goal_space,
     goal_tolerance,
+    pre_tanh_penalty_setting,
     value_range_setting,
 )
 from torchrl_hier.levels.goals import (
@@ -216,6 +217,7 @@ def subgoal_level(
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
     reachability: ReachabilityMemory | None = None,
+    pre_tanh_penalty: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     env: EnvBase | None = None,
@@ -251,6 +253,9 @@ def subgoal_level(
             :class:`~torchrl_hier.levels.ReachabilityMemory` has seen reached from the current
             position within its ``steps``; feed the memory whole episodes of the level below
             (``memory.update(episodes)``) before the learners' ``extend``.
+        pre_tanh_penalty: TD3: weight of a penalty on the actor's pre-tanh output that keeps
+            its subgoals off the space's bounds
+            (:class:`~torchrl_hier.levels.PreTanhPenaltyTD3Loss`; 0: stock ``TD3Loss``).
 
     Returns:
         ``(level, loss)``. The loss trains the actor on subgoals in ``space``'s own frame: feed
@@ -284,6 +289,10 @@ def subgoal_level(
             f"level's subgoal space {space}."
         )
     if algorithm == "dqn":
+        if pre_tanh_penalty:
+            raise ValueError(
+                f"Level {name!r}: pre_tanh_penalty is for a TD3 actor; algorithm='dqn' has none."
+            )
         if space.resolution is None:
             raise ValueError(
                 f"Level {name!r}: algorithm='dqn' picks subgoals from a lattice; give its "
@@ -310,6 +319,7 @@ def subgoal_level(
             annealing_num_steps=annealing_num_steps,
             value_range=value_range,
             random_probability=random_probability,
+            pre_tanh_penalty=pre_tanh_penalty,
             device=device,
         )
         modules = [policy]
@@ -402,6 +412,7 @@ def goal_conditioned_level(
     noise_end: float | None = None,
     value_range: tuple[float, float] | None = None,
     random_probability: float = 0.0,
+    pre_tanh_penalty: float = 0.0,
     obs_map: Callable[[Tensor], Tensor] | None = None,
     obs_shape: tuple[int, ...] | int | None = None,
     lowest: bool = True,
@@ -427,6 +438,8 @@ def goal_conditioned_level(
         algorithm: ``"dqn"`` (discrete, default), ``"td3"`` (continuous, default) or ``"sac"``.
         value_range: ``(low, high)`` bounds of its Q-values, e.g. HAC's ``(-horizon, 0)``.
         random_probability: TD3: the share of exploring actions drawn uniformly (HAC: 0.2).
+        pre_tanh_penalty: TD3: weight of a penalty on the actor's pre-tanh output that keeps
+            it off its tanh bounds (:class:`~torchrl_hier.levels.PreTanhPenaltyTD3Loss`).
         lowest: True when it emits the env action.
         env: if given, checked to be goal-conditioned (``"achieved_goal"``/``"desired_goal"``
             entries matching ``goal_space``).
@@ -446,7 +459,8 @@ def goal_conditioned_level(
         name, obs_dim, action_spec, algorithm, parent_dim=parent_dim, goal_space=goal_space,
         hidden=hidden, gamma=gamma, eps_init=eps_init, eps_end=eps_end,
         annealing_num_steps=annealing_num_steps, noise_std=noise_std, noise_end=noise_end,
-        value_range=value_range, random_probability=random_probability, device=device,
+        value_range=value_range, random_probability=random_probability,
+        pre_tanh_penalty=pre_tanh_penalty, device=device,
     )
     level = Level(
         name,
@@ -478,6 +492,7 @@ def subgoal_from_config(
     reward: str = "env",
     value_range: Sequence[float] | None = None,
     hindsight_scope: str = "episode",
+    pre_tanh_penalty: float = 0.0,
 ) -> LevelParts:
     """A HAC subgoal level (config family ``subgoal``) proposing positions in the task's goal
     space (TD3 or SAC). At the top it pursues the env goal (relabelled with HER when
@@ -489,7 +504,9 @@ def subgoal_from_config(
     reaching the env goal within ``task.goal.tolerance``), for tasks whose env reward is not
     that sparse goal reward (e.g. MountainCar's). ``value_range: [low, high]`` bounds its
     Q-values, as HAC does. ``hindsight_scope: subgoal`` (below the top) relabels with goals of
-    the same attempt at the subgoal above only (``HindsightGoals(scope=...)``)."""
+    the same attempt at the subgoal above only (``HindsightGoals(scope=...)``).
+    ``pre_tanh_penalty`` (TD3): weight of the penalty that keeps the actor off its tanh bounds
+    (:class:`~torchrl_hier.levels.PreTanhPenaltyTD3Loss`; 0, the default: none)."""
     where = ctx.where
     if ctx.lowest:
         raise ConfigError(f"{where} is a subgoal level: it emits subgoals, so it cannot be the lowest level.")
@@ -548,7 +565,9 @@ def subgoal_from_config(
         hidden=tuple(hidden), gamma=gamma, noise_std=ex["noise_std"],
         annealing_num_steps=ex["annealing_num_steps"],
         random_probability=ex["random_probability"],
-        value_range=value_range_setting(value_range, where), device=ctx.device,
+        value_range=value_range_setting(value_range, where),
+        pre_tanh_penalty=pre_tanh_penalty_setting(pre_tanh_penalty, where, algorithm),
+        device=ctx.device,
     )
     process = functools.partial(
         subgoal_transitions, space=space, tolerance=tolerance,
@@ -668,6 +687,7 @@ def goal_conditioned_from_config(
     exploration: Mapping[str, Any] | None = None,
     value_range: Sequence[float] | None = None,
     hindsight_scope: str = "episode",
+    pre_tanh_penalty: float = 0.0,
 ) -> LevelParts:
     """The lowest level of a subgoal hierarchy (config family ``goal_conditioned``): acts in
     the env to reach the subgoal above within ``horizon`` steps, rewarded ``not_reached`` per
@@ -676,7 +696,9 @@ def goal_conditioned_from_config(
     observation without the env goal (``task.goal.desired_indices``), ``full`` all of it;
     ``value_range: [low, high]`` bounds its Q-values (HAC: ``[-horizon, 0]``);
     ``hindsight_scope: subgoal`` relabels with goals reached while pursuing the same subgoal
-    only, as HAC does (``episode``: anywhere later in the episode)."""
+    only, as HAC does (``episode``: anywhere later in the episode); ``pre_tanh_penalty`` (TD3)
+    keeps the actor off its tanh bounds (:class:`~torchrl_hier.levels.PreTanhPenaltyTD3Loss`;
+    0, the default: none)."""
     where = ctx.where
     if ctx.above is None or ctx.above.emits != SUBGOALS:
         raise ConfigError(f"{where} is goal-conditioned, so it needs a subgoal level right above it.")
@@ -725,6 +747,7 @@ def goal_conditioned_from_config(
         annealing_num_steps=ex["annealing_num_steps"], noise_std=ex["noise_std"],
         value_range=value_range_setting(value_range, where),
         random_probability=ex["random_probability"],
+        pre_tanh_penalty=pre_tanh_penalty_setting(pre_tanh_penalty, where, algorithm),
         obs_map=obs_map, obs_shape=obs_shape, lowest=True, device=ctx.device,
     )
     goals = HindsightGoals(
