@@ -314,6 +314,7 @@ def build_subgoals(env: EnvBase, hp: dict) -> Agent:
         horizon=hp["horizon"], hidden=hp["hidden"], gamma=hp["gamma"], eps_end=hp["eps_end"],
         annealing_num_steps=hp["anneal"], noise_std=hp["noise_std"],
         value_range=(-float(hp["horizon"]), 0.0), obs_map=position, obs_shape=(2,),
+        pre_tanh_penalty=hp.get("pre_tanh_penalty", 0.0),
     )
     hier = Hierarchy([top, low], env)
     episodes = LevelEpisodes(hier)
@@ -415,7 +416,8 @@ CONFIGS: dict[str, Config] = {
              top_gamma=0.98, top_eps_end=0.05, top_anneal=5_000, top_value_range=(-50.0, 0.0),
              subgoal_range=1.5, resolution=7, horizon=12, tolerance=0.3, norm=2.0,
              env_tolerance=0.5, env_norm=2.0, her_k=4, test_probability=0.3, penalty=-50.0,
-             updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500),
+             updates=0.02, warmup=2_000, top_updates=0.1, top_warmup=500,
+             pre_tanh_penalty=0.01),  # keeps the TD3 actor off its tanh bounds (README)
     ),
     "point-flat-td3": Config(
         "point", build_flat,
