@@ -707,8 +707,8 @@ def test_update_reads_the_loss_outputs_once():
     learner = LevelLearner(sac_loss(), gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4)
     learner.extend(transitions("sac", n=5))
     seen = []
-    step = learner._step
-    learner._step = lambda batch: seen.append(step(batch)) or seen[-1]
+    step = learner._gradient_step
+    learner._gradient_step = lambda batch: seen.append(step(batch)) or seen[-1]
     logs = learner.update()
     assert len(seen) == 5 and set(logs) >= {"loss_actor", "loss_qvalue", "loss_alpha", "alpha"}
     for key, value in logs.items():

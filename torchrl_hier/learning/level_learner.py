@@ -11,8 +11,8 @@ target update; with ``compile=True`` the loss forward runs as a ``torch.compile`
 (its backward pass is compiled with it), which on small networks removes most of the Python
 overhead of TensorDict-based losses. The optimizer calls stay eager: traced inside, each of
 them is a graph break, and dynamo traces everything before a break twice (about half of the
-warm-up). Sampling and soft target updates take fast paths
-with the stock classes' results (:mod:`torchrl_hier.learning.fast`).
+warm-up). Sampling and soft target updates take fast paths with the stock classes' results
+(:mod:`torchrl_hier.learning.fast`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION, Level
 __all__ = ["LevelLearner", "transition_keys"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-GradientStep = Callable[[TensorDictBase], dict[str, torch.Tensor]]
 LossForward = Callable[[TensorDictBase], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -116,8 +115,9 @@ class LevelLearner:
             fails (e.g. TorchRL 0.14.1's ``TanhDelta`` with its default ``safe=True``
             refuses to be compiled; the ready-made TD3 actor uses ``safe=False``), the
             learner warns, says why, and runs that step and all later ones eagerly. Each
-            compiled learner adds an entry to dynamo's cache of the loss forward; past ``torch._dynamo.config.recompile_limit`` (8) learners in
-            one process, the later ones run eagerly (torch logs it). Default ``False``.
+            compiled learner adds an entry to dynamo's cache of the loss forward; past
+            ``torch._dynamo.config.recompile_limit`` (8) learners in one process, the later
+            ones run eagerly (torch logs it). Default ``False``.
     """
 
     #: Whether the learner reads a level's trajectories (``hierarchy.trajectories(batch)``,
@@ -179,7 +179,6 @@ class LevelLearner:
         self._non_finite: dict[NestedKey, torch.Tensor] = {}
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.compile_options = self._compile_options(compile)
-        self._step: GradientStep = self._gradient_step
         self._forward: LossForward = self._loss_forward
         self._compiled = False  # whether _forward is torch.compile'd and has run once
         if self.compile_options is not None:
@@ -501,7 +500,7 @@ class LevelLearner:
         retried eagerly: a compiler error stops the step before the optimizer changes any
         parameter, and the eager step starts by zeroing the gradients."""
         try:
-            out = self._step(batch)
+            out = self._gradient_step(batch)
         except torch._dynamo.exc.TorchDynamoException as err:
             warnings.warn(
                 f"torch.compile failed on the gradient step of {type(self.loss).__name__} "
@@ -513,7 +512,7 @@ class LevelLearner:
             )
             self._forward = self._loss_forward
             self.compile_options = None
-            return self._step(batch)
+            return self._gradient_step(batch)
         self._compiled = True
         return out
 
@@ -547,7 +546,7 @@ class LevelLearner:
             if self.compile_options is not None and not self._compiled:
                 out = self._first_compiled_step(batch)
             else:
-                out = self._step(batch)
+                out = self._gradient_step(batch)
             if target_step is not None:
                 target_step()
             if not keys:
