@@ -16,8 +16,10 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/python -m torchrl_hier.train
 
+# One pytest worker per core; each test file stays in one worker (module fixtures such as the
+# Ray cluster start once).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The docs site (docs/_build/html/index.html), warnings as errors as in the tests.
 docs: install
