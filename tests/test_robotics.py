@@ -81,6 +81,16 @@ def test_steps_and_success_are_the_gymnasium_envs_own():
     assert successes == 1 and terminated  # the controller reaches the goal, which ends it
 
 
+def test_no_maze_model_file_is_left_in_the_temp_dir():
+    """gymnasium-robotics writes each maze's model to the temp dir and never deletes it; the
+    env removes it once built (one file per instance, per env built, otherwise)."""
+    env = robotics_goal_env(TASK, 3, seed=0, continuing_task=False)
+    paths = [sub.unwrapped.tmp_xml_file_path for sub in env.base_env._env.envs]
+    assert len(set(paths)) == 3 and not any(Path(path).exists() for path in paths)
+    env.rollout(5)  # the model was loaded before: the env still runs and resets
+    env.reset()
+
+
 def test_partial_resets_leave_the_other_instances_alone():
     env = robotics_goal_env(TASK, 4, seed=1, continuing_task=False)
     td = env.rollout(30, break_when_any_done=False)[:, -1]["next"].clone()

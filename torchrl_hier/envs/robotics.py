@@ -20,7 +20,10 @@ it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,7 +99,22 @@ def _make_one(name: str, max_episode_steps: int | None, kwargs: dict[str, Any]):
 
     if max_episode_steps is not None:
         kwargs = {**kwargs, "max_episode_steps": int(max_episode_steps)}
-    return gymnasium.make(name, **kwargs)
+    env = gymnasium.make(name, **kwargs)
+    _remove_maze_model_file(env.unwrapped)
+    return env
+
+
+def _remove_maze_model_file(env: Any) -> None:
+    """Deletes the MuJoCo model file a gymnasium-robotics maze wrote for itself.
+
+    gymnasium-robotics 1.4 writes each maze instance's model to ``<tmp>/ant_maze<time>.xml``,
+    beside the temporary directory it means to use rather than inside it, and never deletes
+    it: one file per instance, left in the system's temp directory. The model is loaded when
+    the env is built, so the file is not needed afterwards."""
+    path = getattr(env, "tmp_xml_file_path", None)
+    if path and os.path.dirname(path) == tempfile.gettempdir():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def robotics_goal_env(
