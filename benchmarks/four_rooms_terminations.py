@@ -63,7 +63,9 @@ def build(env, args) -> tuple[Hierarchy, HierarchyLearner, object]:
         entropy_coeff=args.entropy, termination_bias=args.termination_bias,
         critic_coeff=args.lr_critic / args.lr_policy,
         termination_coeff=args.lr_termination / args.lr_policy,
+        action_critic=args.action_critic,
     )
+    loss.baseline = args.baseline
     hierarchy = Hierarchy([top, low], env)
     batch = args.envs * args.steps
     learner = OnPolicyLearner(
@@ -236,6 +238,10 @@ def main() -> None:
     parser.add_argument("--lr-critic", type=float, default=0.5)
     parser.add_argument("--lr-policy", type=float, default=0.25)
     parser.add_argument("--lr-termination", type=float, default=0.25)
+    parser.add_argument("--action-critic", action=argparse.BooleanOptionalAction, default=False,
+                        help="learn Q_U(s, w, a); policy advantage Q_U - Q_Omega")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --action-critic: advantage Q_U - Q_Omega (else Q_U)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
