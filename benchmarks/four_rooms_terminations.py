@@ -185,6 +185,8 @@ def report(data: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = data["runs"]
+    start = float(torch.sigmoid(torch.tensor(float(data["meta"]["settings"].get("termination_bias", 0.0)))))
+    vmin = min(start, *(np.nanmin(np.array(r["beta"], dtype=float)) for r in runs))
     walls = four_rooms(1, 0, 0.0, 10).walls.numpy()
     fig, axes = plt.subplots(len(runs), N_OPTIONS + 2, figsize=(3.2 * (N_OPTIONS + 2), 3 * len(runs)),
                              squeeze=False, layout="constrained")
@@ -192,7 +194,7 @@ def report(data: dict, out: Path) -> None:
         beta = np.array(r["beta"])
         for w in range(N_OPTIONS):
             ax = row[w]
-            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=0.5, vmax=1, cmap="viridis")
+            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=vmin, vmax=1, cmap="viridis")
             ax.imshow(np.where(walls, 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1)
             ax.plot(GOAL[1], GOAL[0], "r*", markersize=10)
             ax.set_title(f"seed {r['seed']}, option {w}\nhallways {r['hallway_beta'][w]:.2f}, "
@@ -218,7 +220,7 @@ def report(data: dict, out: Path) -> None:
         row[-1].grid(alpha=0.3)
     fig.suptitle("tabular option-critic, four rooms, goal in the east hallway (red star): "
                  "termination probability per option and cell")
-    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label="termination probability (all start at 0.5)")
+    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label=f"termination probability (all start at {start:.2f})")
     fig.savefig(out / "four_rooms_terminations.png", dpi=100)
 
 
