@@ -14,7 +14,10 @@ TorchRL's ``Collector`` over ``--envs`` instances.
 
 Draws each option's termination probability over the map (``four_rooms_terminations.png``)
 and reports, per option, the mean termination probability at the four hallway cells
-(``torchrl_hier.envs.doorways``) against the mean elsewhere, and the episode lengths.
+(``torchrl_hier.envs.doorways``) against the mean elsewhere, its mean by distance to the
+hallways, and the episode lengths. ``--action-critic`` adds the paper's intra-option
+action-value critic ``Q_U(s, w, a)`` (policy advantage ``Q_U - Q_Omega``; ``--no-baseline``:
+``Q_U``); the defaults are the run of ``benchmarks/README.md``, without it.
 
     python benchmarks/four_rooms_terminations.py                 # seeds 0-2, 2000 episodes each
     python benchmarks/four_rooms_terminations.py --seeds 0 --episodes 500
@@ -104,6 +107,25 @@ def hallway_contrast(grid: np.ndarray, walls: torch.Tensor) -> tuple[list[float]
     return ([float(np.nanmean(g[hall])) for g in grid], [float(np.nanmean(g[other])) for g in grid])
 
 
+def distance_profile(grid: np.ndarray, walls: torch.Tensor) -> dict[str, float]:
+    """Mean termination probability (over options and cells) by Manhattan distance to the
+    nearest of the three hallways other than the goal's: ``"0"`` (at them), ``"1"``, ``"2"``,
+    ``"3+"``; the cells within one step of the goal apart (``"goal"``: their values are the
+    goal's, not a hallway's), the goal itself left out."""
+    hall = doorways(walls).numpy()
+    hall[GOAL] = False
+    halls = np.argwhere(hall)
+    groups: dict[str, list[float]] = {}
+    for cell in np.argwhere(~walls.numpy()):
+        to_goal = abs(cell[0] - GOAL[0]) + abs(cell[1] - GOAL[1])
+        if to_goal == 0:
+            continue
+        near = int(np.abs(halls - cell).sum(-1).min())
+        key = "goal" if to_goal == 1 else ("3+" if near >= 3 else str(near))
+        groups.setdefault(key, []).append(float(grid[:, cell[0], cell[1]].mean()))
+    return {key: float(np.mean(groups[key])) for key in ("0", "1", "2", "3+", "goal")}
+
+
 def run(seed: int, args) -> dict:
     torch.manual_seed(seed)
     env = four_rooms(args.envs, seed, args.slip, args.max_steps)
@@ -169,12 +191,24 @@ def summarize(runs: list[dict]) -> list[str]:
             f"beta at hallways {np.mean(r['hallway_beta']):.3f} vs elsewhere "
             f"{np.mean(r['other_beta']):.3f} (options above: "
             f"{sum(h > o for h, o in zip(r['hallway_beta'], r['other_beta']))}/{N_OPTIONS}); "
-            f"room purity {room_purity(np.array(r['greedy_option'], dtype=float)):.2f}"
+            f"room purity {room_purity(np.array(r['greedy_option'], dtype=float)):.2f}; "
+            f"by distance to a hallway {_profile_text(_profile(r))}"
         )
     hall = np.mean([r["hallway_beta"] for r in runs])
     other = np.mean([r["other_beta"] for r in runs])
-    lines.append(f"all: beta at hallways {hall:.3f} vs elsewhere {other:.3f}")
+    profiles = [_profile(r) for r in runs]
+    mean = {key: float(np.mean([p[key] for p in profiles])) for key in profiles[0]}
+    lines.append(f"all: beta at hallways {hall:.3f} vs elsewhere {other:.3f}; by distance to a "
+                 f"hallway {_profile_text(mean)}")
     return lines
+
+
+def _profile(r: dict) -> dict[str, float]:
+    return distance_profile(np.array(r["beta"], dtype=float), four_rooms(1, 0, 0.0, 10).walls.cpu())
+
+
+def _profile_text(profile: dict[str, float]) -> str:
+    return ", ".join(f"{key}: {value:.3f}" for key, value in profile.items())
 
 
 def report(data: dict, out: Path) -> None:
@@ -220,7 +254,7 @@ def report(data: dict, out: Path) -> None:
         row[-1].grid(alpha=0.3)
     fig.suptitle("tabular option-critic, four rooms, goal in the east hallway (red star): "
                  "termination probability per option and cell")
-    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label=f"termination probability (all start at {start:.2f})")
+    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label=f"termination prob. (start {start:.2f})")
     fig.savefig(out / "four_rooms_terminations.png", dpi=100)
 
 
