@@ -405,8 +405,8 @@ def test_option_critic_targets_match_a_hand_computation():
 def test_option_critic_action_critic_matches_a_hand_computation():
     """With ``action_critic=True``, ``Q_U(s, w, a)`` learns towards the intra-option target g
     (``loss_action_critic``, weighted by ``critic_coeff``) and the policy gradient's advantage
-    is ``Q_U(s, w, a) - Q_Omega(s, w)``: both by hand, from the networks' raw outputs; bad
-    action critics are refused."""
+    is ``Q_U(s, w, a) - Q_Omega(s, w)`` (``Q_U`` alone with ``baseline=False``): by hand,
+    from the networks' raw outputs; bad action critics are refused."""
     from torchrl_hier.levels import OptionCriticLoss, OptionHeads
 
     torch.manual_seed(0)
@@ -430,9 +430,21 @@ def test_option_critic_action_critic_matches_a_hand_computation():
         target = loss.targets(moves)
     torch.testing.assert_close(out["loss_action_critic"], (q_u - target).pow(2).mean())
     params = list(loss.intra_option.parameters())
-    logits = loss.intra_option[0].module.net(obs).unflatten(-1, (3, 4))[rows_, option]
-    by_hand = -(logits.log_softmax(-1)[rows_, action] * (q_u - q_omega)).mean()
+
+    def log_pi() -> torch.Tensor:  # log pi(a | s, w) from the raw heads
+        logits = loss.intra_option[0].module.net(obs).unflatten(-1, (3, 4))[rows_, option]
+        return logits.log_softmax(-1)[rows_, action]
+
+    by_hand = -(log_pi() * (q_u - q_omega)).mean()
     for a, b in zip(torch.autograd.grad(out["loss_policy"], params), torch.autograd.grad(by_hand, params)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # baseline=False: the advantage is Q_U itself
+    plain = OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination, entropy_coeff=0.0,
+                             action_critic=loss.action_critic, baseline=False)
+    plain.make_value_estimator(gamma=0.9)
+    no_baseline = -(log_pi() * q_u).mean()
+    for a, b in zip(torch.autograd.grad(plain(moves)["loss_policy"], params),
+                    torch.autograd.grad(no_baseline, params)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     # Q_U's gradient is its TD error: the critic learns towards g, not the policies' advantage
     (grad,) = torch.autograd.grad(out["loss_action_critic"], [loss.action_critic.net[-1].bias])

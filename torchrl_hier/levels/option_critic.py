@@ -14,10 +14,11 @@
   ``Q_Omega(s', w) - V_Omega(s') + xi`` (``V_Omega = max_w Q_Omega``, ``xi`` the deliberation
   cost, which favours long options). With an action critic (``action_critic=True``) the
   policy gradient's advantage is ``Q_U(s, w, a) - Q_Omega(s, w)`` instead, ``Q_U`` being the
-  intra-option action value learnt towards the same target ``g`` (the paper's
-  intra-option action-value learning, with ``Q_Omega`` as the baseline). With ``clip_epsilon`` the intra-option policy term is
-  PPO's clipped surrogate on the same advantage, with the log-prob each move recorded when it
-  was chosen (PPOC, Klissarov et al. 2017), so several epochs over a batch stay on-policy.
+  intra-option action value learnt towards the same target ``g`` (the paper's intra-option
+  action-value learning, with ``Q_Omega`` as the baseline). With ``clip_epsilon`` the
+  intra-option policy term is PPO's clipped surrogate on the same advantage, with the
+  log-prob each move recorded when it was chosen (PPOC, Klissarov et al. 2017), so several
+  epochs over a batch stay on-policy.
 
 The policy and termination gradients are on-policy: train the loss with an
 :class:`~torchrl_hier.learning.OnPolicyLearner` (``epochs=1``; more with ``clip_epsilon``) on
