@@ -14,7 +14,10 @@ TorchRL's ``Collector`` over ``--envs`` instances.
 
 Draws each option's termination probability over the map (``four_rooms_terminations.png``)
 and reports, per option, the mean termination probability at the four hallway cells
-(``torchrl_hier.envs.doorways``) against the mean elsewhere, and the episode lengths.
+(``torchrl_hier.envs.doorways``) against the mean elsewhere, its mean by distance to the
+hallways, and the episode lengths. ``--action-critic`` adds the paper's intra-option
+action-value critic ``Q_U(s, w, a)`` (policy advantage ``Q_U - Q_Omega``; ``--no-baseline``:
+``Q_U``); the defaults are the run of ``benchmarks/README.md``, without it.
 
     python benchmarks/four_rooms_terminations.py                 # seeds 0-2, 2000 episodes each
     python benchmarks/four_rooms_terminations.py --seeds 0 --episodes 500
@@ -63,7 +66,9 @@ def build(env, args) -> tuple[Hierarchy, HierarchyLearner, object]:
         entropy_coeff=args.entropy, termination_bias=args.termination_bias,
         critic_coeff=args.lr_critic / args.lr_policy,
         termination_coeff=args.lr_termination / args.lr_policy,
+        action_critic=args.action_critic,
     )
+    loss.baseline = args.baseline
     hierarchy = Hierarchy([top, low], env)
     batch = args.envs * args.steps
     learner = OnPolicyLearner(
@@ -100,6 +105,25 @@ def hallway_contrast(grid: np.ndarray, walls: torch.Tensor) -> tuple[list[float]
     hall[GOAL] = False
     other = free & ~hall
     return ([float(np.nanmean(g[hall])) for g in grid], [float(np.nanmean(g[other])) for g in grid])
+
+
+def distance_profile(grid: np.ndarray, walls: torch.Tensor) -> dict[str, float]:
+    """Mean termination probability (over options and cells) by Manhattan distance to the
+    nearest of the three hallways other than the goal's: ``"0"`` (at them), ``"1"``, ``"2"``,
+    ``"3+"``; the cells within one step of the goal apart (``"goal"``: their values are the
+    goal's, not a hallway's), the goal itself left out."""
+    hall = doorways(walls).numpy()
+    hall[GOAL] = False
+    halls = np.argwhere(hall)
+    groups: dict[str, list[float]] = {}
+    for cell in np.argwhere(~walls.numpy()):
+        to_goal = abs(cell[0] - GOAL[0]) + abs(cell[1] - GOAL[1])
+        if to_goal == 0:
+            continue
+        near = int(np.abs(halls - cell).sum(-1).min())
+        key = "goal" if to_goal == 1 else ("3+" if near >= 3 else str(near))
+        groups.setdefault(key, []).append(float(grid[:, cell[0], cell[1]].mean()))
+    return {key: float(np.mean(groups[key])) for key in ("0", "1", "2", "3+", "goal")}
 
 
 def run(seed: int, args) -> dict:
@@ -167,12 +191,24 @@ def summarize(runs: list[dict]) -> list[str]:
             f"beta at hallways {np.mean(r['hallway_beta']):.3f} vs elsewhere "
             f"{np.mean(r['other_beta']):.3f} (options above: "
             f"{sum(h > o for h, o in zip(r['hallway_beta'], r['other_beta']))}/{N_OPTIONS}); "
-            f"room purity {room_purity(np.array(r['greedy_option'], dtype=float)):.2f}"
+            f"room purity {room_purity(np.array(r['greedy_option'], dtype=float)):.2f}; "
+            f"by distance to a hallway {_profile_text(_profile(r))}"
         )
     hall = np.mean([r["hallway_beta"] for r in runs])
     other = np.mean([r["other_beta"] for r in runs])
-    lines.append(f"all: beta at hallways {hall:.3f} vs elsewhere {other:.3f}")
+    profiles = [_profile(r) for r in runs]
+    mean = {key: float(np.mean([p[key] for p in profiles])) for key in profiles[0]}
+    lines.append(f"all: beta at hallways {hall:.3f} vs elsewhere {other:.3f}; by distance to a "
+                 f"hallway {_profile_text(mean)}")
     return lines
+
+
+def _profile(r: dict) -> dict[str, float]:
+    return distance_profile(np.array(r["beta"], dtype=float), four_rooms(1, 0, 0.0, 10).walls.cpu())
+
+
+def _profile_text(profile: dict[str, float]) -> str:
+    return ", ".join(f"{key}: {value:.3f}" for key, value in profile.items())
 
 
 def report(data: dict, out: Path) -> None:
@@ -183,6 +219,8 @@ def report(data: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = data["runs"]
+    start = float(torch.sigmoid(torch.tensor(float(data["meta"]["settings"].get("termination_bias", 0.0)))))
+    vmin = min(start, *(np.nanmin(np.array(r["beta"], dtype=float)) for r in runs))
     walls = four_rooms(1, 0, 0.0, 10).walls.numpy()
     fig, axes = plt.subplots(len(runs), N_OPTIONS + 2, figsize=(3.2 * (N_OPTIONS + 2), 3 * len(runs)),
                              squeeze=False, layout="constrained")
@@ -190,7 +228,7 @@ def report(data: dict, out: Path) -> None:
         beta = np.array(r["beta"])
         for w in range(N_OPTIONS):
             ax = row[w]
-            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=0.5, vmax=1, cmap="viridis")
+            image = ax.imshow(np.where(walls, np.nan, beta[w]), vmin=vmin, vmax=1, cmap="viridis")
             ax.imshow(np.where(walls, 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1)
             ax.plot(GOAL[1], GOAL[0], "r*", markersize=10)
             ax.set_title(f"seed {r['seed']}, option {w}\nhallways {r['hallway_beta'][w]:.2f}, "
@@ -216,7 +254,7 @@ def report(data: dict, out: Path) -> None:
         row[-1].grid(alpha=0.3)
     fig.suptitle("tabular option-critic, four rooms, goal in the east hallway (red star): "
                  "termination probability per option and cell")
-    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label="termination probability (all start at 0.5)")
+    fig.colorbar(image, ax=axes[:, N_OPTIONS - 1].ravel().tolist(), shrink=0.6, label=f"termination prob. (start {start:.2f})")
     fig.savefig(out / "four_rooms_terminations.png", dpi=100)
 
 
@@ -236,6 +274,10 @@ def main() -> None:
     parser.add_argument("--lr-critic", type=float, default=0.5)
     parser.add_argument("--lr-policy", type=float, default=0.25)
     parser.add_argument("--lr-termination", type=float, default=0.25)
+    parser.add_argument("--action-critic", action=argparse.BooleanOptionalAction, default=False,
+                        help="learn Q_U(s, w, a); policy advantage Q_U - Q_Omega")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --action-critic: advantage Q_U - Q_Omega (else Q_U)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

@@ -402,6 +402,62 @@ def test_option_critic_targets_match_a_hand_computation():
         torch.testing.assert_close(targets[i], expected, atol=1e-6, rtol=1e-5)
 
 
+def test_option_critic_action_critic_matches_a_hand_computation():
+    """With ``action_critic=True``, ``Q_U(s, w, a)`` learns towards the intra-option target g
+    (``loss_action_critic``, weighted by ``critic_coeff``) and the policy gradient's advantage
+    is ``Q_U(s, w, a) - Q_Omega(s, w)`` (``Q_U`` alone with ``baseline=False``): by hand,
+    from the networks' raw outputs; bad action critics are refused."""
+    from torchrl_hier.levels import OptionCriticLoss, OptionHeads
+
+    torch.manual_seed(0)
+    env = small_maze(n=6, max_steps=7)
+    top, low, loss = option_critic_levels(
+        4, 3, env.action_spec_unbatched, gamma=0.9, termination_bias=0.0, hidden=(32,),
+        critic_coeff=2.0, entropy_coeff=0.0, action_critic=True,
+    )
+    assert "loss_action_critic" in loss.out_keys
+    hierarchy = Hierarchy([top, low], env)
+    (batch,) = collect(env, hierarchy, 6 * 20, 1)
+    moves = hierarchy.transitions(batch)["primitive"]
+    loss.make_value_estimator(gamma=0.9)
+    out = loss(moves)
+    rows_ = torch.arange(moves.shape[0])
+    option, action = moves["parent_action"].argmax(-1), moves["action"].reshape(-1)
+    obs = moves["observation"].float()
+    with torch.no_grad():
+        q_u = loss.action_critic.net(obs).unflatten(-1, (3, 4))[rows_, option, action]
+        q_omega = loss.qvalue.module[0](obs)[rows_, option]
+        target = loss.targets(moves)
+    torch.testing.assert_close(out["loss_action_critic"], (q_u - target).pow(2).mean())
+    params = list(loss.intra_option.parameters())
+
+    def log_pi() -> torch.Tensor:  # log pi(a | s, w) from the raw heads
+        logits = loss.intra_option[0].module.net(obs).unflatten(-1, (3, 4))[rows_, option]
+        return logits.log_softmax(-1)[rows_, action]
+
+    by_hand = -(log_pi() * (q_u - q_omega)).mean()
+    for a, b in zip(torch.autograd.grad(out["loss_policy"], params), torch.autograd.grad(by_hand, params)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # baseline=False: the advantage is Q_U itself
+    plain = OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination, entropy_coeff=0.0,
+                             action_critic=loss.action_critic, baseline=False)
+    plain.make_value_estimator(gamma=0.9)
+    no_baseline = -(log_pi() * q_u).mean()
+    for a, b in zip(torch.autograd.grad(plain(moves)["loss_policy"], params),
+                    torch.autograd.grad(no_baseline, params)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # Q_U's gradient is its TD error: the critic learns towards g, not the policies' advantage
+    (grad,) = torch.autograd.grad(out["loss_action_critic"], [loss.action_critic.net[-1].bias])
+    heads = torch.zeros(moves.shape[0], 3, 4)
+    heads[rows_, option, action] = 2.0 * (q_u - target) / moves.shape[0]
+    torch.testing.assert_close(grad, heads.flatten(1).sum(0), atol=1e-6, rtol=1e-4)
+    with pytest.raises(TypeError, match="action_critic must be an OptionHeads"):
+        OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination, action_critic=torch.nn.Linear(4, 12))
+    with pytest.raises(ValueError, match="action_critic has 2 options x 4 actions; the level has 3 options"):
+        OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination,
+                         action_critic=OptionHeads(torch.nn.Linear(4, 8), 2, 4))
+
+
 @pytest.mark.parametrize("deliberation_cost, direction", [(0.0, 1), (1.0, -1)])
 def test_option_critic_terminations_change_with_training(deliberation_cost, direction):
     """The termination gradient moves beta: without a deliberation cost the advantage

@@ -138,6 +138,18 @@ def test_option_critic_config_errors_say_how_to_fix():
         build_experiment(compose_cfg([*OC, "task.n_envs=2", "hierarchy.levels.option.net=conv"]))
 
 
+def test_option_critic_config_builds_the_action_critic():
+    """hierarchy.levels.primitive.action_critic=true gives the loss a Q_U(s, w, a) (one head per
+    option over the 4 moves), trained with the loss; the default has none."""
+    exp = build_experiment(compose_cfg([*OC, "task.n_envs=2", "hierarchy.levels.primitive.hidden=[16]",
+                                        "hierarchy.levels.primitive.action_critic=true"]))
+    loss = exp.learners.learners["primitive"].loss
+    assert loss.action_critic is not None and loss.action_critic.out_features == 4
+    assert "loss_action_critic" in loss.out_keys
+    default = build_experiment(compose_cfg([*OC, "task.n_envs=2"])).learners.learners["primitive"].loss
+    assert default.action_critic is None and "loss_action_critic" not in default.out_keys
+
+
 # ----------------------------------------------------------------------------- tabular four rooms
 def tabular_four_rooms(episodes: int, seed: int = 0, clip_epsilon: float | None = None, epochs: int = 1):
     """Bacon et al.'s tabular setting, as ``benchmarks/four_rooms_terminations.py`` runs it

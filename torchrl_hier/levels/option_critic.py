@@ -12,9 +12,13 @@
   intra-option policies by the intra-option policy gradient with advantage
   ``g - Q_Omega(s, w)``; the terminations by the termination gradient with advantage
   ``Q_Omega(s', w) - V_Omega(s') + xi`` (``V_Omega = max_w Q_Omega``, ``xi`` the deliberation
-  cost, which favours long options). With ``clip_epsilon`` the intra-option policy term is
-  PPO's clipped surrogate on the same advantage, with the log-prob each move recorded when it
-  was chosen (PPOC, Klissarov et al. 2017), so several epochs over a batch stay on-policy.
+  cost, which favours long options). With an action critic (``action_critic=True``) the
+  policy gradient's advantage is ``Q_U(s, w, a) - Q_Omega(s, w)`` instead, ``Q_U`` being the
+  intra-option action value learnt towards the same target ``g`` (the paper's intra-option
+  action-value learning, with ``Q_Omega`` as the baseline). With ``clip_epsilon`` the
+  intra-option policy term is PPO's clipped surrogate on the same advantage, with the
+  log-prob each move recorded when it was chosen (PPOC, Klissarov et al. 2017), so several
+  epochs over a batch stay on-policy.
 
 The policy and termination gradients are on-policy: train the loss with an
 :class:`~torchrl_hier.learning.OnPolicyLearner` (``epochs=1``; more with ``clip_epsilon``) on
@@ -101,6 +105,14 @@ class OptionCriticLoss(LossModule):
         clip_epsilon: ``None`` for the intra-option policy gradient; a float for PPO's
             clipped surrogate with ratio ``pi(a | s, w) / pi_old(a | s, w)``, ``pi_old`` being
             the ``sample_log_prob`` entry the level recorded at each choice (PPOC).
+        action_critic: ``None`` (the policy gradient's advantage is ``g - Q_Omega(s, w)``) or
+            ``Q_U``: an :class:`OptionHeads` reading ``(observation, one-hot option)`` and
+            giving one value per action, ``[*B, n_actions]``. It learns towards ``g`` (term
+            ``loss_action_critic``, weighted by ``critic_coeff``) and the advantage becomes
+            ``Q_U(s, w, a) - Q_Omega(s, w)``.
+        baseline: with an action critic, subtract ``Q_Omega(s, w)`` from ``Q_U(s, w, a)``
+            (default); ``False``: the advantage is ``Q_U(s, w, a)`` itself (unbiased too, but
+            noisier; Bacon et al.'s script without ``--baseline``).
 
     Its value estimator is TD(0) (``make_value_estimator(ValueEstimators.TD0, gamma=...)``,
     which an ``OnPolicyLearner`` does with the level's gamma): ``g`` discounts by
@@ -130,6 +142,8 @@ class OptionCriticLoss(LossModule):
         critic_coeff: float = 1.0,
         termination_coeff: float = 1.0,
         clip_epsilon: float | None = None,
+        action_critic: OptionHeads | None = None,
+        baseline: bool = True,
     ):
         super().__init__()
         if clip_epsilon is not None and not 0.0 < float(clip_epsilon) < 1.0:
@@ -146,9 +160,30 @@ class OptionCriticLoss(LossModule):
             raise TypeError(
                 f"termination must be an OptionTermination, got {type(termination).__name__}."
             )
+        action_spec = intra_option.spec[ACTION] if intra_option.spec is not None else None
+        if action_critic is not None:
+            if not isinstance(action_critic, OptionHeads):
+                raise TypeError(
+                    f"action_critic must be an OptionHeads (Q_U(s, w, .), one value per action), "
+                    f"got {type(action_critic).__name__}."
+                )
+            if not isinstance(action_spec, (Categorical, OneHot)):
+                raise TypeError(
+                    "action_critic needs the intra-option policy's discrete action spec "
+                    f"(Categorical or OneHot), got {type(action_spec).__name__}."
+                )
+            if (action_critic.n_options, action_critic.out_features) != (termination.n_options, action_spec.space.n):
+                raise ValueError(
+                    f"action_critic has {action_critic.n_options} options x "
+                    f"{action_critic.out_features} actions; the level has "
+                    f"{termination.n_options} options x {action_spec.space.n} actions."
+                )
         self.qvalue = qvalue
         self.intra_option = intra_option
         self.termination = termination
+        self.action_critic = action_critic
+        self.baseline = bool(baseline)
+        self._one_hot_actions = isinstance(action_spec, OneHot)
         self.deliberation_cost = float(deliberation_cost)
         self.entropy_coeff = float(entropy_coeff)
         self.critic_coeff = float(critic_coeff)
@@ -180,7 +215,19 @@ class OptionCriticLoss(LossModule):
     @property
     def out_keys(self) -> list:
         keys = ["loss_critic", "loss_policy", "loss_termination", "termination_prob", "entropy"]
+        keys += ["loss_action_critic"] if self.action_critic is not None else []
         return keys + (["clip_fraction"] if self.clip_epsilon is not None else [])
+
+    def action_values(self, observation: Tensor, option: Tensor, action: Tensor) -> Tensor:
+        """``Q_U(s, w, a)``, shape ``[*B]``, for the action taken (an index or one-hot, as
+        the level's action spec says)."""
+        if self.action_critic is None:
+            raise RuntimeError(f"This {type(self).__name__} has no action critic (action_critic=None).")
+        values = self.action_critic(observation, option)
+        if self._one_hot_actions:
+            return (values * action.to(values.dtype)).sum(-1)
+        index = action.long().reshape(*values.shape[:-1], 1)
+        return values.gather(-1, index).squeeze(-1)
 
     def _values(self, observation: Tensor) -> Tensor:
         return self.qvalue(
@@ -217,10 +264,16 @@ class OptionCriticLoss(LossModule):
         target = self._targets(tensordict, next_values, beta.detach())
         loss_critic = self.critic_coeff * 0.5 * (chosen - target).pow(2).mean()
         dist = self.intra_option.get_dist(tensordict.select(*self.intra_option.in_keys))
-        log_prob = dist.log_prob(tensordict.get(ACTION))
+        action = tensordict.get(ACTION)
+        log_prob = dist.log_prob(action)
         entropy = dist.entropy()
-        advantage = (target - chosen).detach()
         out = {}
+        if self.action_critic is None:
+            advantage = (target - chosen).detach()
+        else:
+            q_u = self.action_values(observation, option, action)
+            out["loss_action_critic"] = self.critic_coeff * 0.5 * (q_u - target).pow(2).mean()
+            advantage = (q_u - chosen if self.baseline else q_u).detach()
         if self.clip_epsilon is None:
             surrogate = log_prob * advantage
         else:
@@ -307,6 +360,7 @@ def option_critic_intra_option_level(
     termination_bias: float = -2.0,
     timeout: int | None = None,
     clip_epsilon: float | None = None,
+    action_critic: bool = False,
     device: torch.device | str | None = None,
 ) -> tuple[Level, OptionCriticLoss]:
     """The intra-option level below ``option_level`` (emitting the env action of a discrete
@@ -318,6 +372,9 @@ def option_critic_intra_option_level(
         termination_bias: initial termination logits (-2: options end w.p. ~0.12 a step).
         timeout: also end options after this many steps (``None``: terminations only, as in
             the paper).
+        action_critic: learn ``Q_U(s, w, a)`` (an :class:`OptionHeads` on its own ``net``)
+            and use ``Q_U - Q_Omega`` as the policy gradient's advantage (see
+            :class:`OptionCriticLoss`).
     """
     if not isinstance(action_spec, (Categorical, OneHot)):
         raise TypeError(
@@ -351,10 +408,13 @@ def option_critic_intra_option_level(
     control = ModuleRule(termination, out_key="terminate")
     if timeout is not None:
         control = control | Timeout(timeout)
+    q_u = None
+    if action_critic:
+        q_u = OptionHeads(network(net, obs_dim, n_options * n_actions, hidden, device), n_options, n_actions)
     loss = OptionCriticLoss(
         qvalue, intra_option, termination, deliberation_cost=deliberation_cost,
         entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
-        termination_coeff=termination_coeff, clip_epsilon=clip_epsilon,
+        termination_coeff=termination_coeff, clip_epsilon=clip_epsilon, action_critic=q_u,
     )
     records = (loss.tensor_keys.sample_log_prob,) if clip_epsilon is not None else ()
     low = Level(name, intra_option, gamma=option_level.gamma, control=control, records=records)
@@ -380,6 +440,7 @@ def option_critic_levels(
     termination_bias: float = -2.0,
     timeout: int | None = None,
     clip_epsilon: float | None = None,
+    action_critic: bool = False,
     device: torch.device | str | None = None,
 ) -> tuple[Level, Level, OptionCriticLoss]:
     """The option level (:func:`option_critic_option_level`), the intra-option level below it
@@ -394,6 +455,8 @@ def option_critic_levels(
             anneals to it over ``annealing_num_steps`` of the option level's choices).
         deliberation_cost: ``xi`` of the termination advantage.
         critic_coeff, termination_coeff, clip_epsilon: see :class:`OptionCriticLoss`.
+        action_critic: learn ``Q_U(s, w, a)`` for the policy gradient's advantage
+            ``Q_U - Q_Omega`` (see :func:`option_critic_intra_option_level`).
         termination_bias: initial termination logits (-2: options end w.p. ~0.12 a step).
         timeout: also end options after this many steps (``None``: terminations only, as in
             the paper).
@@ -412,7 +475,7 @@ def option_critic_levels(
         deliberation_cost=deliberation_cost, entropy_coeff=entropy_coeff,
         critic_coeff=critic_coeff, termination_coeff=termination_coeff,
         termination_bias=termination_bias, timeout=timeout, clip_epsilon=clip_epsilon,
-        device=device,
+        action_critic=action_critic, device=device,
     )
     return top, low, loss
 
@@ -459,11 +522,13 @@ def option_critic_intra_option_from_config(
     termination_bias: float = -2.0,
     timeout: int | None = None,
     clip_epsilon: float | None = None,
+    action_critic: bool = False,
 ) -> LevelParts:
     """Option-critic's intra-option level (config family ``option_critic_intra_option``): the
     lowest level, below :func:`option_critic_option_from_config`, at its gamma; its
     on-policy learner trains :class:`OptionCriticLoss` (``Q_Omega``, the intra-option policies
-    and the terminations; ``clip_epsilon``: PPOC)."""
+    and the terminations; ``clip_epsilon``: PPOC; ``action_critic``: a learnt ``Q_U`` for the
+    policy gradient's advantage)."""
     above = ctx.above
     frozen_qvalue = above is not None and above.frozen and above.emits == OPTIONS
     if not ctx.lowest or not frozen_qvalue:
@@ -487,7 +552,7 @@ def option_critic_intra_option_from_config(
             termination_bias=float(termination_bias),
             timeout=None if timeout is None else int(timeout),
             clip_epsilon=None if clip_epsilon is None else float(clip_epsilon),
-            device=ctx.device,
+            action_critic=bool(action_critic), device=ctx.device,
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{ctx.where}: {err}") from None
