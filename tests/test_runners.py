@@ -18,7 +18,7 @@ from torch import nn
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import Categorical, LazyTensorStorage, TensorDictReplayBuffer, Unbounded
 from torchrl.data.replay_buffers import SamplerWithoutReplacement
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv, TransformedEnv
+from torchrl.envs import Compose, EnvBase, ParallelEnv, SerialEnv, StepCounter, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 from torchrl.modules import MLP, QValueActor
 
@@ -197,6 +197,35 @@ def test_rollout_and_collector_give_same_transitions(n_levels):
     batches = collect(collector, 3)
     assert all(batch.batch_size == (n_envs, 8) for batch in batches)
     got = cat_transitions([hierarchy.transitions(batch) for batch in batches])
+    assert_same_transitions(got, expected)
+
+
+def test_a_step_limit_after_the_hierarchy_transform_still_completes_every_level():
+    """A step limit the backward pass does not see (a ``StepCounter`` appended after the
+    hierarchy's transform, as ``Collector(max_frames_per_traj=...)`` does) ends the upper
+    levels' transitions too: the same transitions as with the limit before the transform."""
+    n_envs, steps, limit = 3, 24, 5
+    hierarchy = Hierarchy(deterministic_levels(3), make_maze(5, max_steps=100, batch=n_envs))
+    before = TransformedEnv(
+        make_maze(5, max_steps=100, batch=n_envs), Compose(StepCounter(limit), hierarchy.transform)
+    )
+    expected = hierarchy.transitions(before.rollout(steps, hierarchy.policy, break_when_any_done=False))
+    assert len(expected["top"]) >= n_envs * (steps // limit)  # every episode ends the top's
+
+    after = TransformedEnv(make_maze(5, max_steps=100, batch=n_envs), hierarchy.transform)
+    after.append_transform(StepCounter(limit))
+    rollout = after.rollout(steps, hierarchy.policy, break_when_any_done=False)
+    assert_same_transitions(hierarchy.transitions(rollout), expected)
+
+    collector = Collector(
+        TransformedEnv(make_maze(5, max_steps=100, batch=n_envs), hierarchy.transform),
+        hierarchy.policy,
+        frames_per_batch=n_envs * 8,
+        total_frames=n_envs * steps,
+        max_frames_per_traj=limit,
+        auto_register_policy_transforms=False,
+    )
+    got = cat_transitions([hierarchy.transitions(batch) for batch in collect(collector, 3)])
     assert_same_transitions(got, expected)
 
 

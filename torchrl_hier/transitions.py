@@ -38,6 +38,11 @@ def level_transitions(
     ``action_log_prob``), ``steps_to_next_obs`` (τ), and under ``"next"``: ``observation``,
     ``parent_action``, ``reward`` (``sum_k gamma**k r_k``), ``done``, ``terminated`` and
     ``truncated``. Rows keep the order of ``batch`` flattened.
+
+    An episode end (``("next", "done")``) completes every level's transition, also one that
+    a transform after the hierarchy's ended (e.g. the ``StepCounter`` of
+    ``Collector(max_frames_per_traj=...)``), where ``("next", "hier", "completed")`` does not
+    show it.
     """
     # Transitions are data: a rollout run with grad enabled must not leak its graph.
     return {
@@ -125,6 +130,11 @@ def _level_batches(
         )
         if key in next_batch.keys(True)
     }
+    if "done" in done_flags:
+        # An episode end completes every level's transition. The backward pass sees to that
+        # for the ends it sees; a transform after the hierarchy's (a StepCounter appended
+        # later, e.g. by Collector(max_frames_per_traj=...)) ends episodes it does not see.
+        completed = completed | done_flags["done"].reshape(*completed.shape[:-1], 1)
     obs = batch.get(keys.observation)
     next_obs = next_batch.get(keys.observation)
     lowest = len(levels) - 1
