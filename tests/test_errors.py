@@ -96,6 +96,29 @@ def test_lowest_action_spec_differs_from_env(env):
         Hierarchy([upper(), lowest(action_spec=Unbounded(2))], env)
 
 
+def test_lowest_action_spec_batched_like_the_env_names_the_unbatched_spec():
+    """The batched ``env.action_spec`` as the lowest level's spec: the error shows the
+    per-instance spec the level needs, not the batched one (which would read as equal)."""
+    env = GridMaze(batch_size=[8])
+    with pytest.raises(ValueError, match=r"shape=\(8,\).*differs from the env's Categorical\(shape=\(\),.*action_spec_unbatched"):
+        Hierarchy([random_level("top", Unbounded(2)), random_level("low", env.action_spec, control=Timeout(5))], env)
+
+
+def test_policy_reading_a_key_no_level_gets_names_what_it_gets(env):
+    low = Level("low", TensorDictModule(nn.Linear(OBS_DIM + 2, 4), ["parent"], ["action"]), control=Timeout(2))
+    with pytest.raises(ValueError, match=r"It reads \['parent'\]; a level's policy gets \['observation', 'parent_action'\]"):
+        Hierarchy([upper(), low], env)
+
+
+def test_a_dqn_head_on_continuous_actions_says_what_fits():
+    from torchrl.data import Bounded
+
+    from torchrl_hier.levels.parts import dqn_head
+
+    with pytest.raises(TypeError, match="discrete action spec.*got Bounded.*TD3 or SAC head"):
+        dqn_head(4, Bounded(-1.0, 1.0, shape=(2,)))
+
+
 def test_lowest_action_spec_with_other_number_of_actions(env):
     with pytest.raises(ValueError, match="Level 'low'"):
         Hierarchy([upper(), lowest(action_spec=Categorical(5))], env)

@@ -32,7 +32,7 @@ from torchrl_hier._passes import (
 )
 from torchrl_hier.collectors import reports_worker_errors
 from torchrl_hier.control import Always
-from torchrl_hier.level import Level
+from torchrl_hier.level import OBSERVATION, PARENT_ACTION, Level
 from torchrl_hier.smdp import accumulator_specs
 from torchrl_hier.transitions import level_trajectories, level_transitions
 
@@ -275,13 +275,13 @@ class Hierarchy:
             level_obs = _mapped_observation(level, obs, obs_spec, batch_size)
             if i == lowest:
                 action_spec = env_action_spec
-                if level.action_spec is not None and not _same_spec(
-                    level.action_spec, env.full_action_spec_unbatched[self.keys.action]
-                ):
+                unbatched = env.full_action_spec_unbatched[self.keys.action]
+                if level.action_spec is not None and not _same_spec(level.action_spec, unbatched):
                     raise ValueError(
                         f"Level {level.name!r} is the lowest level, so it emits the env action, "
                         f"but its action_spec {_describe(level.action_spec)} differs from the env's "
-                        f"{_describe(env_action_spec)}. Leave action_spec=None to use the env's."
+                        f"{_describe(unbatched)} (one instance's: env.action_spec_unbatched). "
+                        "Leave action_spec=None to use the env's."
                     )
             elif level.action_spec is None:
                 raise ValueError(
@@ -290,6 +290,7 @@ class Hierarchy:
                 )
             else:
                 action_spec = level.action_spec
+            offered = [OBSERVATION] if parent_action is None else [OBSERVATION, PARENT_ACTION]
             try:
                 with torch.no_grad():
                     out = level.policy(level_input(level_obs, parent_action, batch_size))
@@ -308,9 +309,11 @@ class Hierarchy:
                     "observation) and there is no 'parent_action', since no level is above it. "
                     "Fix this policy's in_keys/input size."
                 )
+                reads = getattr(level.policy, "in_keys", None)
+                keys = f" It reads {list(reads)}; a level's policy gets {list(offered)}." if reads else ""
                 raise ValueError(
                     f"Level {level.name!r}: its policy failed on its observation of shape "
-                    f"{tuple(level_obs.shape)}{where}: {err}. {fix}"
+                    f"{tuple(level_obs.shape)}{where}: {str(err).rstrip('.')}.{keys} {fix}"
                 ) from err
             action = written_action(level, out)
             records = written_records(level, out)

@@ -191,6 +191,12 @@ def dqn_head(
     reached from the current position are chosen, greedily or exploring, and bootstrapped
     from (:class:`~torchrl_hier.levels.MaskedQValues`; the others get ``value_range``'s low).
     """
+    if not isinstance(action_spec, (Categorical, OneHot)):
+        raise TypeError(
+            f"dqn_head needs a discrete action spec (Categorical or OneHot), got "
+            f"{type(action_spec).__name__}: DQN picks one of n actions. For continuous actions "
+            "use a TD3 or SAC head (actor_critic_head), or a task with discrete actions."
+        )
     if device is not None:
         action_spec = action_spec.to(device)
     n_actions = action_spec.space.n
