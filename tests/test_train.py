@@ -492,3 +492,20 @@ def test_multi_sync_collector(tmp_path):
     collector.update_policy_weights_()
     assert next(batches)["action"].unique().tolist() == [2]
     collector.shutdown()
+
+
+def test_summary_line_of_a_run_too_short_to_count_training_success():
+    """Training success counts only once every instance could finish an episode: a shorter
+    run says so instead of printing ``None -> None``."""
+    from torchrl_hier.train import _summary_line
+
+    summary = {
+        "task": "GridMaze-FourRooms", "hierarchy": "options", "seed": 0, "frames": 4096,
+        "wall_time_s": 3.0, "train_counted_from_frames": 6400, "train_success_first": None,
+        "train_success_last": None, "eval": {"success_rate": 0.5, "return_mean": 0.5},
+        "run_dir": "run",
+    }
+    line = _summary_line(summary)
+    assert "train success n/a (counted from frame 6400" in line and "None ->" not in line
+    summary.update(train_success_first=0.1, train_success_last=0.9)
+    assert "train success 0.1 -> 0.9;" in _summary_line(summary)
