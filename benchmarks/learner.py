@@ -115,11 +115,13 @@ def transitions(kind: str, n: int, seed: int = 0) -> TensorDict:
 def make_loss(kind: str, hidden: tuple[int, ...]):
     """The loss the ready-made option-conditioned level builds for ``kind``."""
     if kind == "dqn":
-        _, _, loss = dqn_head(OBS, Categorical(N_ACTIONS), parent_dim=OPTIONS, hidden=hidden)
+        _, _, loss = dqn_head(
+            OBS, Categorical(N_ACTIONS), parent_dim=OPTIONS, hidden=hidden, gamma=GAMMA
+        )
         return loss
     _, _, loss = actor_critic_head(
         OBS, Bounded(-1.0, 1.0, (ACT_DIM,)), algorithm=kind, parent_dim=OPTIONS,
-        hidden=hidden,
+        hidden=hidden, gamma=GAMMA,
     )
     return loss
 

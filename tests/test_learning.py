@@ -33,6 +33,7 @@ from torchrl.objectives import (
     SACLoss,
     SoftUpdate,
     TD3Loss,
+    ValueEstimators,
 )
 from torchrl.objectives.sac import compute_rsample_log_prob
 
@@ -399,6 +400,13 @@ def test_gamma_is_required_and_checked_against_the_level():
     learner = LevelLearner(dqn_loss(), level=level)
     assert learner.gamma == 0.8
     assert float(learner.loss.value_estimator.gamma) == pytest.approx(0.8)
+    # A TD0 estimator the user made with another gamma is refused, not silently replaced.
+    loss = dqn_loss()
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=0.5)
+    with pytest.raises(ValueError, match=r"gamma=0.5, but the learner's level discounts with gamma=0.8"):
+        LevelLearner(loss, level=level)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=0.8)
+    assert float(LevelLearner(loss, level=level).loss.value_estimator.gamma) == pytest.approx(0.8)
 
 
 def test_bad_arguments_raise():
@@ -793,7 +801,7 @@ def test_ready_made_td3_head_compiles():
     from torchrl_hier.levels.parts import actor_critic_head
 
     torch.manual_seed(0)
-    _, _, loss = actor_critic_head(OBS, ACTION_SPEC, algorithm="td3", hidden=(16,))
+    _, _, loss = actor_critic_head(OBS, ACTION_SPEC, algorithm="td3", hidden=(16,), gamma=GAMMA)
     learner = LevelLearner(loss, gamma=GAMMA, warmup=0, update_ratio=1.0, batch_size=4,
                            compile=True)
     learner.extend(transitions("td3"))

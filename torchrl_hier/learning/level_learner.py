@@ -236,6 +236,14 @@ class LevelLearner:
                 "learner bootstraps with TD(0): R + gamma**tau * (1 - terminated) * V(next). "
                 "Leave the loss's value estimator unset; the learner makes a TD0 one."
             )
+        if existing is not None and not math.isclose(float(existing.gamma), self.gamma, rel_tol=1e-6):
+            raise ValueError(
+                f"The loss's TD0 value estimator has gamma={float(existing.gamma):g}, but the "
+                f"learner's level discounts with gamma={self.gamma:g}: the level accumulates its "
+                "SMDP reward with its own gamma, so the loss must bootstrap with the same one. "
+                "Make them equal (loss.make_value_estimator(ValueEstimators.TD0, "
+                "gamma=level.gamma)) or leave the estimator unset; the learner makes it."
+            )
         try:
             self.loss.make_value_estimator(ValueEstimators.TD0, gamma=self.gamma)
         except NotImplementedError as err:
