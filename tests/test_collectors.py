@@ -8,6 +8,9 @@ factories are module-level so that the workers unpickle them by reference.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import traceback
 
 import pytest
@@ -119,3 +122,52 @@ def test_rule_error_in_a_worker_reaches_the_main_process():
     with pytest.raises(WorkerError, match=r"test_collectors\.RuleBroken: level low broke") as info:
         collect(collector)
     assert "raise RuleBroken(step.name, 5)" in str(info.value)  # the rule's line
+
+
+EXITING_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torchrl.envs import TransformedEnv
+    from torchrl_hier import Hierarchy, Timeout
+    from torchrl_hier.collectors import MultiSyncCollector
+    from torchrl_hier.envs import GridMaze
+    from torchrl_hier.levels import random_level
+    from torchrl.data import Categorical
+
+
+    def hierarchy(env):
+        return Hierarchy(
+            [random_level("top", Categorical(4)),
+             random_level("low", env.action_spec_unbatched, Timeout(3), lowest=True)],
+            env,
+        )
+
+
+    def make_env():
+        env = GridMaze(batch_size=[4], seed=0)
+        return TransformedEnv(env, hierarchy(env).transform)
+
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        policy = hierarchy(GridMaze(batch_size=[4])).policy
+        collector = MultiSyncCollector([make_env, make_env], policy, frames_per_batch=200,
+                                       total_frames=400, auto_register_policy_transforms=False)
+        for batch in collector:
+            pass
+        collector.shutdown()
+        print("shut down")
+    """
+)
+
+
+@pytest.mark.slow  # spawns worker processes (~10 s)
+def test_a_script_exits_after_shutting_the_collector_down(tmp_path):
+    """TorchRL 0.14.1's weight-sync schemes, left to their ``__del__``, hung the exiting
+    interpreter of a script like this one (after its last line ran)."""
+    script = tmp_path / "collect.py"
+    script.write_text(EXITING_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "shut down" in result.stdout, result.stderr[-2000:]

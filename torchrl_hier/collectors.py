@@ -115,7 +115,8 @@ def _read_report(directory: str, pids: list[int], collector: str) -> Exception |
 
 class _RaisesWorkerErrors:
     """Mixin for TorchRL's multi-process collectors: gives the workers a report directory and
-    raises a failed worker's reported exception instead of TorchRL's generic error."""
+    raises a failed worker's reported exception instead of TorchRL's generic error; its
+    ``shutdown`` also shuts the weight-sync schemes down (see there)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._reports = tempfile.TemporaryDirectory(prefix="torchrl_hier_worker_errors_")
@@ -143,6 +144,11 @@ class _RaisesWorkerErrors:
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().shutdown(*args, **kwargs)
+            # TorchRL 0.14.1 leaves its weight-sync schemes to their __del__, which at
+            # interpreter exit puts to a multiprocessing queue (starting its feeder thread)
+            # and can hang the exiting process forever; shut them down while that is safe.
+            for scheme in (getattr(self, "_weight_sync_schemes", None) or {}).values():
+                scheme.shutdown()
         finally:
             self._reports.cleanup()
 
