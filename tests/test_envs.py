@@ -564,7 +564,10 @@ def test_make_env_passes_kwargs_and_seed():
 
 
 def test_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="Did you mean 'GridMaze-FourRooms'") as err:
+    """A ConfigError (a ValueError): the trainer prints it as one ``Error:`` line."""
+    from torchrl_hier.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean 'GridMaze-FourRooms'") as err:
         make_env("GridMaze-FourRoom")
     assert "PointMaze-UMaze" in str(err.value) and "register_env" in str(err.value)
     with pytest.raises(ValueError, match="Taxi-v4"):

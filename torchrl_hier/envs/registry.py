@@ -18,6 +18,7 @@ from torchrl.envs import EnvBase
 
 from torchrl_hier.envs.grid_maze import GridMaze
 from torchrl_hier.envs.point_maze import PointMaze
+from torchrl_hier.errors import ConfigError
 
 __all__ = ["make_env", "register_env", "list_envs", "EnvFactory"]
 
@@ -90,7 +91,7 @@ def make_env(
     choices = list_envs()
     close = difflib.get_close_matches(name, choices + sorted(gym_ids), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"Unknown env {name!r}.{hint} Registered names: {choices}; any gymnasium id "
         "(gymnasium.registry) works too, and register_env(name, factory) adds your own."
     )

@@ -50,9 +50,9 @@ def learner_from_config(
     valid = ON_POLICY_LEARNER_KEYS if on_policy else LEARNER_KEYS
     unknown = sorted(set(settings) - set(valid))
     if unknown:
-        kind = "an on-policy " if on_policy else ""
+        kind = "an on-policy" if on_policy else "a"
         raise ConfigError(
-            f"{where} has unknown keys {unknown} for {kind}level; valid: {list(valid)}."
+            f"{where} has unknown keys {unknown} for {kind} level's learner; valid: {list(valid)}."
         )
     optimizer = settings.pop("optimizer", "adam")
     if optimizer not in OPTIMIZERS:
