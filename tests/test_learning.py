@@ -400,13 +400,17 @@ def test_gamma_is_required_and_checked_against_the_level():
     learner = LevelLearner(dqn_loss(), level=level)
     assert learner.gamma == 0.8
     assert float(learner.loss.value_estimator.gamma) == pytest.approx(0.8)
-    # A TD0 estimator the user made with another gamma is refused, not silently replaced.
+    # An estimator the user made with another gamma is replaced, not silently.
     loss = dqn_loss()
     loss.make_value_estimator(ValueEstimators.TD0, gamma=0.5)
-    with pytest.raises(ValueError, match=r"gamma=0.5, but the learner's level discounts with gamma=0.8"):
-        LevelLearner(loss, level=level)
-    loss.make_value_estimator(ValueEstimators.TD0, gamma=0.8)
-    assert float(LevelLearner(loss, level=level).loss.value_estimator.gamma) == pytest.approx(0.8)
+    with pytest.warns(UserWarning, match=r"gamma=0.5; the learner replaces it with one at the level's gamma=0.8"):
+        learner = LevelLearner(loss, level=level)
+    assert float(learner.loss.value_estimator.gamma) == pytest.approx(0.8)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LevelLearner(loss, level=level)  # the same gamma: nothing to say
 
 
 def test_bad_arguments_raise():

@@ -413,7 +413,7 @@ def test_option_critic_action_critic_matches_a_hand_computation():
     env = small_maze(n=6, max_steps=7)
     top, low, loss = option_critic_levels(
         4, 3, env.action_spec_unbatched, gamma=0.9, termination_bias=0.0, hidden=(32,),
-        critic_coeff=2.0, entropy_coeff=0.0, action_critic=True,
+        critic_coeff=3.0, entropy_coeff=0.0, action_critic=True,
     )
     assert "loss_action_critic" in loss.out_keys
     hierarchy = Hierarchy([top, low], env)
@@ -428,7 +428,7 @@ def test_option_critic_action_critic_matches_a_hand_computation():
         q_u = loss.action_critic.net(obs).unflatten(-1, (3, 4))[rows_, option, action]
         q_omega = loss.qvalue.module[0](obs)[rows_, option]
         target = loss.targets(moves)
-    torch.testing.assert_close(out["loss_action_critic"], (q_u - target).pow(2).mean())
+    torch.testing.assert_close(out["loss_action_critic"], 1.5 * (q_u - target).pow(2).mean())
     params = list(loss.intra_option.parameters())
 
     def log_pi() -> torch.Tensor:  # log pi(a | s, w) from the raw heads
@@ -449,13 +449,38 @@ def test_option_critic_action_critic_matches_a_hand_computation():
     # Q_U's gradient is its TD error: the critic learns towards g, not the policies' advantage
     (grad,) = torch.autograd.grad(out["loss_action_critic"], [loss.action_critic.net[-1].bias])
     heads = torch.zeros(moves.shape[0], 3, 4)
-    heads[rows_, option, action] = 2.0 * (q_u - target) / moves.shape[0]
+    heads[rows_, option, action] = 3.0 * (q_u - target) / moves.shape[0]
     torch.testing.assert_close(grad, heads.flatten(1).sum(0), atol=1e-6, rtol=1e-4)
+    # No leaks: the policy term trains no critic, the action critic's term only Q_U.
+    critics = [*loss.qvalue.parameters(), *loss.action_critic.parameters()]
+    assert all(g is None for g in torch.autograd.grad(out["loss_policy"], critics, allow_unused=True))
+    others = [*loss.qvalue.parameters(), *params, *loss.termination.parameters()]
+    assert all(g is None for g in torch.autograd.grad(out["loss_action_critic"], others, allow_unused=True))
     with pytest.raises(TypeError, match="action_critic must be an OptionHeads"):
         OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination, action_critic=torch.nn.Linear(4, 12))
     with pytest.raises(ValueError, match="action_critic has 2 options x 4 actions; the level has 3 options"):
         OptionCriticLoss(loss.qvalue, loss.intra_option, loss.termination,
                          action_critic=OptionHeads(torch.nn.Linear(4, 8), 2, 4))
+
+
+def test_option_critic_loss_takes_intra_option_policies_without_a_spec():
+    """Without an action critic the loss needs only ``get_dist`` of the intra-option policy:
+    a plain ``ProbabilisticTensorDictSequential`` (no ``spec``) is accepted."""
+    from tensordict.nn import (
+        ProbabilisticTensorDictModule,
+        ProbabilisticTensorDictSequential,
+        TensorDictModule,
+    )
+    from torch.distributions import Categorical as CategoricalDistribution
+
+    from torchrl_hier.levels import OptionCriticLoss
+
+    _, _, loss = option_critic_levels(4, 3, Categorical(4), gamma=0.9, hidden=(8,))
+    policy = ProbabilisticTensorDictSequential(
+        TensorDictModule(torch.nn.Linear(7, 4), ["observation"], ["logits"]),
+        ProbabilisticTensorDictModule(["logits"], ["action"], distribution_class=CategoricalDistribution),
+    )
+    assert OptionCriticLoss(loss.qvalue, policy, loss.termination).action_critic is None
 
 
 @pytest.mark.parametrize("deliberation_cost, direction", [(0.0, 1), (1.0, -1)])

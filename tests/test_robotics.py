@@ -91,6 +91,28 @@ def test_no_maze_model_file_is_left_in_the_temp_dir():
     env.reset()
 
 
+def test_the_shared_model_file_of_older_mazes_stays():
+    """``AntMaze_*-v3`` writes one fixed ``<tmp>/ant_maze.xml`` that another process may be
+    loading: only the per-instance, timestamped files are removed."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from torchrl_hier.envs.robotics import _remove_maze_model_file
+
+    shared = Path(tempfile.gettempdir()) / "ant_maze.xml"
+    if shared.exists():
+        pytest.skip(f"{shared} exists (another AntMaze-v3 user): not touching it")
+    own = Path(tempfile.gettempdir()) / "ant_maze1234567890.5.xml"
+    try:
+        for path in (shared, own):
+            path.write_text("<mujoco/>")
+            _remove_maze_model_file(SimpleNamespace(tmp_xml_file_path=str(path)))
+        assert shared.exists() and not own.exists()
+    finally:
+        shared.unlink(missing_ok=True)
+        own.unlink(missing_ok=True)
+
+
 def test_partial_resets_leave_the_other_instances_alone():
     env = robotics_goal_env(TASK, 4, seed=1, continuing_task=False)
     td = env.rollout(30, break_when_any_done=False)[:, -1]["next"].clone()

@@ -24,6 +24,7 @@ from torchrl.modules import MLP, QValueActor
 
 from torchrl_hier import Hierarchy, Level, Timeout
 from torchrl_hier.envs import GridMaze
+from torchrl_hier.levels import LevelEpisodes
 
 SEEDS = (3, 11)
 # Different episode lengths per worker, so the instances run out of step with each other.
@@ -209,13 +210,16 @@ def test_a_step_limit_after_the_hierarchy_transform_still_completes_every_level(
     before = TransformedEnv(
         make_maze(5, max_steps=100, batch=n_envs), Compose(StepCounter(limit), hierarchy.transform)
     )
-    expected = hierarchy.transitions(before.rollout(steps, hierarchy.policy, break_when_any_done=False))
+    ends = before.rollout(steps, hierarchy.policy, break_when_any_done=False)
+    expected = hierarchy.transitions(ends)
     assert len(expected["top"]) >= n_envs * (steps // limit)  # every episode ends the top's
 
     after = TransformedEnv(make_maze(5, max_steps=100, batch=n_envs), hierarchy.transform)
     after.append_transform(StepCounter(limit))
     rollout = after.rollout(steps, hierarchy.policy, break_when_any_done=False)
     assert_same_transitions(hierarchy.transitions(rollout), expected)
+    # Whole episodes per level (hindsight relabelling's input) cut at the same ends.
+    assert_same_transitions(LevelEpisodes(hierarchy).add(rollout), LevelEpisodes(hierarchy).add(ends))
 
     collector = Collector(
         TransformedEnv(make_maze(5, max_steps=100, batch=n_envs), hierarchy.transform),

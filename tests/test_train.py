@@ -501,11 +501,16 @@ def test_summary_line_of_a_run_too_short_to_count_training_success():
 
     summary = {
         "task": "GridMaze-FourRooms", "hierarchy": "options", "seed": 0, "frames": 4096,
-        "wall_time_s": 3.0, "train_counted_from_frames": 6400, "train_success_first": None,
-        "train_success_last": None, "eval": {"success_rate": 0.5, "return_mean": 0.5},
+        "wall_time_s": 3.0, "has_success": True, "train_counted_from_frames": 6400,
+        "train_success_first": None, "train_success_last": None, "train_return_first": None,
+        "train_return_last": None, "eval": {"success_rate": 0.5, "return_mean": 0.5},
         "run_dir": "run",
     }
     line = _summary_line(summary)
     assert "train success n/a (counted from frame 6400" in line and "None ->" not in line
     summary.update(train_success_first=0.1, train_success_last=0.9)
-    assert "train success 0.1 -> 0.9;" in _summary_line(summary)
+    assert "train success 0.100 -> 0.900; eval success 0.500, return 0.500;" in _summary_line(summary)
+    # A task without a success signal (CartPole) reports its training return.
+    summary.update(has_success=False, train_success_first=None, train_success_last=None,
+                   train_return_first=20.5, train_return_last=180.0)
+    assert "train return 20.500 -> 180.000;" in _summary_line(summary)

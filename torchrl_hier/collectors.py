@@ -144,13 +144,15 @@ class _RaisesWorkerErrors:
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().shutdown(*args, **kwargs)
-            # TorchRL 0.14.1 leaves its weight-sync schemes to their __del__, which at
-            # interpreter exit puts to a multiprocessing queue (starting its feeder thread)
-            # and can hang the exiting process forever; shut them down while that is safe.
-            for scheme in (getattr(self, "_weight_sync_schemes", None) or {}).values():
-                scheme.shutdown()
         finally:
-            self._reports.cleanup()
+            try:
+                # TorchRL 0.14.1 leaves its weight-sync schemes to their __del__, which at
+                # interpreter exit puts to a multiprocessing queue (starting its feeder
+                # thread) and can hang the exiting process; shut them down while that is safe.
+                for scheme in (getattr(self, "_weight_sync_schemes", None) or {}).values():
+                    scheme.shutdown()
+            finally:
+                self._reports.cleanup()
 
 
 class MultiSyncCollector(_RaisesWorkerErrors, _torchrl.MultiSyncCollector):

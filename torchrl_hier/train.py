@@ -451,6 +451,7 @@ def _summary(
         "resumed_from": str(cfg.resume) if cfg.get("resume") else None,
         "wall_time_s": round(total_wall, 2),
         "frames_per_s": round(frames / total_wall, 1) if total_wall > 0 else None,
+        "has_success": bool(exp.has_success),
         "train_counted_from_frames": settle,
         "train_success_first": window_rate(history, "success_sum", 0.1, False, settle),
         "train_success_last": window_rate(history, "success_sum", 0.1, True, settle),
@@ -483,19 +484,26 @@ def _level_summary(exp, name: str, transitions: int) -> dict[str, Any]:
 def _summary_line(summary: dict[str, Any]) -> str:
     final = summary.get("eval") or {}
     success = final.get("success_rate")
-    first, last = summary["train_success_first"], summary["train_success_last"]
+    measure = "success" if summary["has_success"] else "return"
+    first, last = summary[f"train_{measure}_first"], summary[f"train_{measure}_last"]
     if first is None or last is None:
         train = (
-            f"train success n/a (counted from frame {summary['train_counted_from_frames']}, "
+            f"train {measure} n/a (counted from frame {summary['train_counted_from_frames']}, "
             "when every instance has had time to finish an episode)"
         )
     else:
-        train = f"train success {first} -> {last}"
+        train = f"train {measure} {_rounded(first)} -> {_rounded(last)}"
     return (
         f"[torchrl_hier.train] {summary['task']} / {summary['hierarchy']} seed {summary['seed']}: "
         f"{summary['frames']} frames in {summary['wall_time_s']:.0f} s; {train}; "
-        f"eval success {success}, return {final.get('return_mean')}; run dir {summary['run_dir']}"
+        f"eval success {_rounded(success)}, return {_rounded(final.get('return_mean'))}; "
+        f"run dir {summary['run_dir']}"
     )
+
+
+def _rounded(value: Any) -> str:
+    """A summary number for the terminal: floats to 3 decimals (``summary.json`` keeps them all)."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -104,6 +104,26 @@ def pack_trajectories(data: TensorDictBase, valid: Tensor) -> TensorDict:
     return packed
 
 
+def level_completions(batch: TensorDictBase, keys: EnvKeys) -> Tensor:
+    """Where each level completed a transition in ``batch``: bool ``[*batch, n_levels]``.
+
+    ``("next", "hier", "completed")``, or'ed with the episode ends (``("next", done)``). The
+    backward pass already completes every level at the ends it sees; a transform after the
+    hierarchy's (a ``StepCounter`` appended later, e.g. by
+    ``Collector(max_frames_per_traj=...)``) ends episodes it does not see."""
+    next_batch = batch.get("next")
+    if COMPLETED not in next_batch.keys(True):
+        raise KeyError(
+            f"The batch has no ('next', {COMPLETED!r}): it was not collected in an env "
+            "transformed by this hierarchy's transform."
+        )
+    completed = next_batch.get(COMPLETED)
+    done = next_batch.get(keys.done, None)
+    if done is None:
+        return completed
+    return completed | done.reshape(*completed.shape[:-1], 1)
+
+
 def _level_batches(
     batch: TensorDictBase,
     levels: Sequence[Level],
@@ -113,12 +133,7 @@ def _level_batches(
     """Each level's view of every step of ``batch`` (shape of ``batch``) and where it
     completed a transition (bool, shape of ``batch``): the rows to keep."""
     next_batch = batch.get("next")
-    if COMPLETED not in next_batch.keys(True):
-        raise KeyError(
-            f"The batch has no ('next', {COMPLETED!r}): it was not collected in an env "
-            "transformed by this hierarchy's transform."
-        )
-    completed = next_batch.get(COMPLETED)
+    completed = level_completions(batch, keys)
     steps = next_batch.get(STEPS)
     returns = next_batch.get(RETURN)
     done_flags = {
@@ -130,11 +145,6 @@ def _level_batches(
         )
         if key in next_batch.keys(True)
     }
-    if "done" in done_flags:
-        # An episode end completes every level's transition. The backward pass sees to that
-        # for the ends it sees; a transform after the hierarchy's (a StepCounter appended
-        # later, e.g. by Collector(max_frames_per_traj=...)) ends episodes it does not see.
-        completed = completed | done_flags["done"].reshape(*completed.shape[:-1], 1)
     obs = batch.get(keys.observation)
     next_obs = next_batch.get(keys.observation)
     lowest = len(levels) - 1

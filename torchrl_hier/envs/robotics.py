@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -107,12 +108,18 @@ def _make_one(name: str, max_episode_steps: int | None, kwargs: dict[str, Any]):
 def _remove_maze_model_file(env: Any) -> None:
     """Deletes the MuJoCo model file a gymnasium-robotics maze wrote for itself.
 
-    gymnasium-robotics 1.4 writes each maze instance's model to ``<tmp>/ant_maze<time>.xml``,
-    beside the temporary directory it means to use rather than inside it, and never deletes
-    it: one file per instance, left in the system's temp directory. The model is loaded when
-    the env is built, so the file is not needed afterwards."""
+    gymnasium-robotics 1.4's v4+ mazes (``PointMaze_*-v3``, ``AntMaze_*-v4/v5``) write each
+    instance's model to ``<tmp>/ant_maze<time>.xml``, beside the temporary directory they mean
+    to use rather than inside it, and never delete it: one file per instance, left in the
+    system's temp directory. The model is loaded when the env is built, so the file is not
+    needed afterwards. The older mazes (``AntMaze_*-v3``) share one fixed ``ant_maze.xml``
+    that another process may be about to load: that one stays."""
     path = getattr(env, "tmp_xml_file_path", None)
-    if path and os.path.dirname(path) == tempfile.gettempdir():
+    if (
+        path
+        and os.path.dirname(path) == tempfile.gettempdir()
+        and re.fullmatch(r"ant_maze\d+(\.\d+)?\.xml", os.path.basename(path))
+    ):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 

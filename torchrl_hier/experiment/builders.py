@@ -47,7 +47,7 @@ from torchrl_hier.hierarchy import Hierarchy, usable_device
 from torchrl_hier.learning import HierarchyLearner
 from torchrl_hier.levels import LevelEpisodes, anneal_exploration
 from torchrl_hier.levels.from_config import LevelContext, LevelParts, as_container
-from torchrl_hier.transitions import level_trajectories, level_transitions
+from torchrl_hier.transitions import level_completions, level_trajectories, level_transitions
 
 __all__ = [
     "LEGACY_LEVEL_TARGETS",
@@ -412,7 +412,7 @@ class Experiment:
         """New transitions per level in ``batch`` (before any hindsight relabelling)."""
         if self.hierarchy is None:
             return {name: int(data[name].shape[0]) if name in data else 0 for name in self.names}
-        completed = batch.get(("next", "hier", "completed")).reshape(-1, len(self.names))
+        completed = level_completions(batch, self.hierarchy.keys).reshape(-1, len(self.names))
         return dict(zip(self.names, completed.sum(0).tolist()))
 
     def anneal(self, counts: Mapping[str, int]) -> None:

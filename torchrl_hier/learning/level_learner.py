@@ -226,6 +226,26 @@ class LevelLearner:
             f"{type(compile).__name__}."
         )
 
+    def _warn_if_gamma_replaced(self) -> None:
+        """Warns when the loss already has a value estimator at another gamma: the learner
+        replaces it with one at the level's gamma (the level accumulates its SMDP reward with
+        that one). TorchRL makes a default estimator (gamma 0.99) the first time a loss's
+        ``value_estimator`` is read or the loss runs, so this is not always the user's
+        choice; hence a warning, not an error."""
+        existing = getattr(self.loss, "_value_estimator", None)
+        gamma = getattr(existing, "gamma", None)
+        if gamma is None or math.isclose(float(gamma), self.gamma, rel_tol=1e-6):
+            return
+        warnings.warn(
+            f"The loss's {type(existing).__name__} value estimator has gamma={float(gamma):g}; "
+            f"the learner replaces it with one at the level's gamma={self.gamma:g}, since the "
+            "level accumulates its SMDP reward with that one. Set the level's gamma to change "
+            "the discount (TorchRL gives a loss a 0.99 estimator when its value_estimator is "
+            "first read or it first runs).",
+            UserWarning,
+            stacklevel=4,
+        )
+
     def _set_value_estimator(self) -> None:
         """TD(0) with this level's gamma; its target reads ``steps_to_next_obs`` (tau)."""
         existing = getattr(self.loss, "_value_estimator", None)
@@ -236,14 +256,7 @@ class LevelLearner:
                 "learner bootstraps with TD(0): R + gamma**tau * (1 - terminated) * V(next). "
                 "Leave the loss's value estimator unset; the learner makes a TD0 one."
             )
-        if existing is not None and not math.isclose(float(existing.gamma), self.gamma, rel_tol=1e-6):
-            raise ValueError(
-                f"The loss's TD0 value estimator has gamma={float(existing.gamma):g}, but the "
-                f"learner's level discounts with gamma={self.gamma:g}: the level accumulates its "
-                "SMDP reward with its own gamma, so the loss must bootstrap with the same one. "
-                "Make them equal (loss.make_value_estimator(ValueEstimators.TD0, "
-                "gamma=level.gamma)) or leave the estimator unset; the learner makes it."
-            )
+        self._warn_if_gamma_replaced()
         try:
             self.loss.make_value_estimator(ValueEstimators.TD0, gamma=self.gamma)
         except NotImplementedError as err:

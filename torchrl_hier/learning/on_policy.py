@@ -104,6 +104,7 @@ class OnPolicyLearner(LevelLearner):
     def _set_value_estimator(self) -> None:
         """GAE at the level's gamma and ``lmbda`` for losses that default to it (PPO, A2C);
         TD(0) at the level's gamma for losses with their own one-step targets."""
+        self._warn_if_gamma_replaced()
         if getattr(self.loss, "default_value_estimator", None) == ValueEstimators.GAE:
             self.loss.make_value_estimator(ValueEstimators.GAE, gamma=self.gamma, lmbda=self.lmbda)
             self.advantage_module = self.loss.value_estimator

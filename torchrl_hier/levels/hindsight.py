@@ -34,11 +34,11 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from torchrl_hier._passes import COMPLETED
 from torchrl_hier.control import Tolerance, check_tolerance, within_tolerance
 from torchrl_hier.hierarchy import Hierarchy
 from torchrl_hier.level import ACTION, OBSERVATION, PARENT_ACTION
 from torchrl_hier.levels.goals import GoalReward, SubgoalSpace
+from torchrl_hier.transitions import level_completions
 
 __all__ = [
     "EPISODE_KEY",
@@ -194,7 +194,7 @@ class LevelEpisodes:
 
     def add(self, batch: TensorDictBase) -> dict[str, TensorDictBase]:
         transitions = self.hierarchy.transitions(batch)
-        completed = batch.get(("next", *COMPLETED))
+        completed = level_completions(batch, self.hierarchy.keys)
         streams = stream_ids(batch)
         names = self.hierarchy.names
         return {

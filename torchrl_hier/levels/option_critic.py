@@ -160,8 +160,11 @@ class OptionCriticLoss(LossModule):
             raise TypeError(
                 f"termination must be an OptionTermination, got {type(termination).__name__}."
             )
-        action_spec = intra_option.spec[ACTION] if intra_option.spec is not None else None
+        self._one_hot_actions = False
         if action_critic is not None:
+            spec = getattr(intra_option, "spec", None)
+            action_spec = spec.get(ACTION, None) if spec is not None else None
+            self._one_hot_actions = isinstance(action_spec, OneHot)
             if not isinstance(action_critic, OptionHeads):
                 raise TypeError(
                     f"action_critic must be an OptionHeads (Q_U(s, w, .), one value per action), "
@@ -183,7 +186,6 @@ class OptionCriticLoss(LossModule):
         self.termination = termination
         self.action_critic = action_critic
         self.baseline = bool(baseline)
-        self._one_hot_actions = isinstance(action_spec, OneHot)
         self.deliberation_cost = float(deliberation_cost)
         self.entropy_coeff = float(entropy_coeff)
         self.critic_coeff = float(critic_coeff)
