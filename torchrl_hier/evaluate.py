@@ -78,7 +78,11 @@ def run_episodes(
     lengths = torch.full((episodes,), max_steps, dtype=torch.long, device=exp.device)
     with set_exploration_type(mode), torch.no_grad():
         td = env.reset()
-        for t in tqdm(range(max_steps), desc="evaluate", leave=False, disable=not progress):
+        steps = tqdm(
+            range(max_steps), desc=f"evaluate ({episodes} episodes at once)", unit="step",
+            leave=False, disable=not progress,
+        )
+        for t in steps:
             td = policy(td)
             td, root = env.step_and_maybe_reset(td)
             nxt = td.get("next")
