@@ -132,6 +132,23 @@ def test_semi_mdp_gae_matches_a_hand_computation():
         torch.testing.assert_close(got.double(), expected.double(), atol=1e-5, rtol=1e-5)
 
 
+def test_trajectories_refuse_a_batch_whose_last_dim_is_not_time():
+    """A flattened or transposed collector batch would mix instances or turn time into
+    instances (and GAE would run over that): refused, saying how the batch must come."""
+    env = small_maze(n=6, max_steps=7)
+    hierarchy, _ = ppo_stack(env, timeout=3)
+    (batch,) = collect(env, hierarchy, 6 * 20, 1)
+    assert hierarchy.trajectories(batch)["options"].shape[0] == 6
+    for wrong in (batch.reshape(-1), batch.transpose(0, 1)):
+        with pytest.raises(ValueError, match="last dim is not time.*time last"):
+            hierarchy.trajectories(wrong)
+    # split_trajs padding is not checked
+    split = batch.clone().set(("collector", "mask"), torch.ones(batch.shape, dtype=torch.bool))
+    split["collector", "mask"][:, 10:] = False
+    split["next", "hier", "steps"][:, 11:] = 0
+    hierarchy.trajectories(split)
+
+
 def test_a_batch_cut_inside_a_running_transition_changes_nothing():
     """Two batches cut while option transitions run give the transitions of one uncut batch
     (none dropped, none twice, the running one completed in the second batch with the log-prob

@@ -74,6 +74,7 @@ def level_trajectories(
     if batch.ndim == 0:
         raise ValueError("level_trajectories needs a batch with a time dim, got a 0-d TensorDict.")
     flat = batch.reshape(-1, batch.shape[-1]) if batch.ndim > 1 else batch.unsqueeze(0)
+    _check_time_last(flat, keys)
     out = {}
     for name, (level_batch, completed) in _level_batches(flat, levels, keys, names).items():
         if pack:
@@ -81,6 +82,30 @@ def level_trajectories(
         else:
             out[name] = level_batch.detach().set(TRAJECTORY_MASK, completed)
     return out
+
+
+def _check_time_last(flat: TensorDictBase, keys: EnvKeys) -> None:
+    """Refuses a ``[N, T]`` batch whose rows are not each one instance's consecutive steps
+    (e.g. a flattened or transposed collector batch): along a row, every level's τ restarts
+    at 1 after it completed a transition (or the episode ended) and grows by 1 otherwise.
+    Padding that ``split_trajs`` marks in ``("collector", "mask")`` is not checked. One host
+    sync per batch."""
+    if flat.shape[-1] < 2:
+        return
+    steps = flat.get(("next", *STEPS))
+    completed = level_completions(flat, keys)
+    consistent = steps[:, 1:] == torch.where(completed[:, :-1], 1, steps[:, :-1] + 1)
+    valid = flat.get(("collector", "mask"), None)
+    if valid is not None:
+        both = (valid[:, 1:] & valid[:, :-1]).reshape(*consistent.shape[:-1], 1)
+        consistent = consistent | ~both
+    if not bool(consistent.all()):
+        raise ValueError(
+            "The batch's last dim is not time: along it, the levels' step counts "
+            "(('next', 'hier', 'steps')) do not follow one instance's consecutive steps. Pass "
+            "the batch as the Collector or env.rollout gives it ([*env_batch, T], time last), "
+            "not flattened, transposed or shuffled."
+        )
 
 
 def pack_trajectories(data: TensorDictBase, valid: Tensor) -> TensorDict:
