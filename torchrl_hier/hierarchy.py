@@ -290,7 +290,6 @@ class Hierarchy:
                 )
             else:
                 action_spec = level.action_spec
-            offered = [OBSERVATION] if parent_action is None else [OBSERVATION, PARENT_ACTION]
             try:
                 with torch.no_grad():
                     out = level.policy(level_input(level_obs, parent_action, batch_size))
@@ -309,11 +308,12 @@ class Hierarchy:
                     "observation) and there is no 'parent_action', since no level is above it. "
                     "Fix this policy's in_keys/input size."
                 )
+                offered = [OBSERVATION] if parent is None else [OBSERVATION, PARENT_ACTION]
                 reads = getattr(level.policy, "in_keys", None)
-                keys = f" It reads {list(reads)}; a level's policy gets {list(offered)}." if reads else ""
+                reads_hint = f" It reads {list(reads)}; a level's policy gets {offered}." if reads else ""
                 raise ValueError(
                     f"Level {level.name!r}: its policy failed on its observation of shape "
-                    f"{tuple(level_obs.shape)}{where}: {str(err).rstrip('.')}.{keys} {fix}"
+                    f"{tuple(level_obs.shape)}{where}: {str(err).rstrip('.')}.{reads_hint} {fix}"
                 ) from err
             action = written_action(level, out)
             records = written_records(level, out)
